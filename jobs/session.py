@@ -1,0 +1,43 @@
+"""SparkSession construction from the `spark` section of the conf."""
+from __future__ import annotations
+
+import os
+import sys
+
+from pyspark import SparkConf
+from pyspark.sql import SparkSession
+
+# Defaults that matter for the embed stage; a profile's spark.conf overrides them.
+BASE_CONF = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.python.worker.reuse": "true",  # keeps each worker's loaded model between tasks
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.sql.execution.arrow.maxRecordsPerBatch": "2048",
+    "spark.sql.adaptive.enabled": "true",
+}
+
+
+def build_session(spark_conf: dict) -> SparkSession:
+    """Get or create the session. A master set by spark-submit, Databricks or an existing
+    session wins over the conf's `master`, which only applies to plain `python -m` runs."""
+    if "PYSPARK_PYTHON" not in os.environ:
+        # Without it, Python workers start the system interpreter and miss the venv.
+        os.environ["PYSPARK_PYTHON"] = sys.executable
+    active = SparkSession.getActiveSession()
+    builder = SparkSession.builder.appName(spark_conf.get("app_name") or "seglake")
+    if active is None and not SparkConf().contains("spark.master") and spark_conf.get("master"):
+        builder = builder.master(spark_conf["master"])
+    settings = {**BASE_CONF, **{str(k): str(v) for k, v in (spark_conf.get("conf") or {}).items()}}
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    if active is not None:
+        # An existing session (Databricks, notebooks, tests) keeps its static settings;
+        # runtime SQL settings can still be applied.
+        for key, value in settings.items():
+            if key.startswith("spark.sql."):
+                try:
+                    spark.conf.set(key, value)
+                except Exception:  # noqa: BLE001 - static or locked settings stay as they are
+                    pass
+    return spark

