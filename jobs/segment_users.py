@@ -5,10 +5,20 @@ Run it as `seglake-segment ...`, `python -m jobs.segment_users ...` or through
 """
 from __future__ import annotations
 
+import os
+import sys
+
+if __name__ == "__main__" and not __package__:
+    # Run as a file (spark-submit jobs/segment_users.py): Python put this folder first on
+    # sys.path, where config.py / profile.py would shadow top-level modules. Import the
+    # package from the repo root (or the --py-files zip) instead.
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+    sys.path.insert(0, os.path.dirname(_here))
+
 import argparse
 import json
 import logging
-import sys
 import time
 import uuid
 from contextlib import contextmanager

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Run the SegLake segmentation job through spark-submit.
+#
+#   ./spark-submit.sh [spark-submit options] [job options]
+#
+# Spark options (--master, --deploy-mode, --conf key=value, --executor-memory, --num-executors,
+# --jars, --archives, --files, --name, --queue, ...) are passed to spark-submit; everything else
+# goes to the job (see `python -m jobs.segment_users --help`). `--conf` with a key=value is a
+# Spark setting; `--conf FILE.yaml` is the job's conf profile, which is shipped with --files.
+# Local mode (local[2]) is the default when no --master is given.
+#   --dry-run        print the spark-submit command instead of running it
+#   --python PATH    Python for the driver and executors (default: .venv/bin/python if present)
+#
+# Examples:
+#   ./spark-submit.sh --conf conf/local.yaml --texts data/sample/texts.csv --events data/sample/events.csv
+#   ./spark-submit.sh --master yarn --deploy-mode cluster --conf spark.executor.memory=8g \
+#       --conf conf/cluster.yaml --texts s3a://bucket/texts --texts-format parquet --output s3a://bucket/seglake
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+spark_args=()
+job_args=()
+master=""
+deploy_mode="client"
+dry_run=0
+python_bin=""
+conf_file=""
+
+# spark-submit options that take a value.
+spark_opts=" --master --deploy-mode --class --name --jars --packages --exclude-packages --repositories
+ --py-files --files --archives --properties-file --driver-memory --driver-java-options
+ --driver-library-path --driver-class-path --driver-cores --executor-memory --executor-cores
+ --num-executors --total-executor-cores --queue --principal --keytab --proxy-user "
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) dry_run=1; shift ;;
+    --python) python_bin="$2"; shift 2 ;;
+    --master) master="$2"; shift 2 ;;
+    --deploy-mode) deploy_mode="$2"; spark_args+=("$1" "$2"); shift 2 ;;
+    --conf)
+      if [[ "${2:-}" == *=* ]]; then spark_args+=("--conf" "$2"); else conf_file="$2"; fi
+      shift 2 ;;
+    --conf=*)
+      v="${1#--conf=}"
+      if [[ "$v" == *=* ]]; then spark_args+=("--conf" "$v"); else conf_file="$v"; fi
+      shift ;;
+    --verbose|--supervise) spark_args+=("$1"); shift ;;
+    -h|--help) job_args+=("--help"); shift ;;
+    *)
+      if [[ "$spark_opts" == *" $1 "* ]]; then spark_args+=("$1" "$2"); shift 2
+      else job_args+=("$1"); shift; fi ;;
+  esac
+done
+
+master="${master:-local[2]}"
+if [ -z "$python_bin" ] && [ -x "$here/.venv/bin/python" ]; then python_bin="$here/.venv/bin/python"; fi
+python_bin="${python_bin:-python3}"
+
+# Executors import jobs/ and udfs/ from this zip (built fresh so it matches the checkout).
+mkdir -p "$here/build"
+pyfiles="$here/build/seglake-pyfiles.zip"
+if [ "$dry_run" -eq 0 ]; then
+  (cd "$here" && "$python_bin" - "$pyfiles" <<'PY'
+import pathlib, sys, zipfile
+with zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_DEFLATED) as z:
+    for pkg in ("jobs", "udfs"):
+        for f in sorted(pathlib.Path(pkg).rglob("*.py")):
+            z.write(f)
+PY
+  )
+fi
+
+if [ -n "$conf_file" ]; then
+  spark_args+=("--files" "$conf_file")
+  # In cluster deploy mode the driver runs remotely and finds the shipped file by its name.
+  if [ "$deploy_mode" = "cluster" ]; then job_args=("--conf" "$(basename "$conf_file")" "${job_args[@]}")
+  else job_args=("--conf" "$conf_file" "${job_args[@]}"); fi
+fi
+
+if [[ "$master" == local* ]]; then
+  # Local mode: driver and workers use this Python (the venv), so its packages are visible.
+  export PYSPARK_PYTHON="$python_bin" PYSPARK_DRIVER_PYTHON="$python_bin"
+fi
+submit="${SPARK_SUBMIT:-}"
+if [ -z "$submit" ]; then
+  if [ -n "${SPARK_HOME:-}" ]; then submit="$SPARK_HOME/bin/spark-submit"
+  elif [ -x "$here/.venv/bin/spark-submit" ]; then submit="$here/.venv/bin/spark-submit"
+  else submit="spark-submit"; fi
+fi
+
+cmd=("$submit" --master "$master"
+     --conf spark.python.worker.reuse=true
+     --conf spark.sql.execution.arrow.pyspark.enabled=true
+     --conf spark.executorEnv.HF_HUB_OFFLINE=1
+     --conf spark.executorEnv.TOKENIZERS_PARALLELISM=false
+     --py-files "$pyfiles"
+     ${spark_args[@]+"${spark_args[@]}"}
+     "$here/jobs/segment_users.py"
+     ${job_args[@]+"${job_args[@]}"})
+
+if [ "$dry_run" -eq 1 ]; then
+  printf '%q ' "${cmd[@]}"; echo
+  exit 0
+fi
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+exec "${cmd[@]}"

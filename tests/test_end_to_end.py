@@ -1,0 +1,168 @@
+"""The whole job: on data/sample with the real model, and small reruns with the tiny model."""
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from deltalake import DeltaTable
+
+from jobs import config
+from jobs.segment_users import main, run
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "sample"
+
+
+def _table(path) -> pd.DataFrame:
+    return DeltaTable(str(path)).to_pandas()
+
+
+def _conf(tmp_path, **over) -> dict:
+    base = {"output": {"root": str(tmp_path / "lake")}}
+    for key, value in over.items():
+        node = base
+        *parents, last = key.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return config.load(str(ROOT / "conf" / "local.yaml"), base)
+
+
+@pytest.fixture(scope="module")
+def sample_run(spark, tmp_path_factory):
+    """One run of the demo configuration (real all-MiniLM-L6-v2, k auto) on the committed sample."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    conf = _conf(tmp, run_id="e2e", input__texts__path=str(SAMPLE / "texts.csv"),
+                 input__events__path=str(SAMPLE / "events.csv"))
+    result = run(spark, conf)
+    return result, tmp / "lake"
+
+
+@pytest.mark.slow
+def test_sample_tables_and_counts_reconcile(sample_run):
+    res, lake = sample_run
+    with open(SAMPLE / "texts.csv", newline="", encoding="utf-8") as fh:
+        n_texts = sum(1 for _ in csv.DictReader(fh))
+    with open(SAMPLE / "events.csv", newline="", encoding="utf-8") as fh:
+        n_events = sum(1 for _ in csv.DictReader(fh))
+    runs = _table(lake / "runs")
+    q = _table(lake / "quarantine")
+    us = _table(lake / "user_segments")
+    seg = _table(lake / "segments")
+    r = runs.iloc[0]
+    assert len(runs) == 1 and r.status == "succeeded" and r.run_id == "e2e"
+    assert r.texts_read == n_texts and r.events_read == n_events
+    assert r.texts_read == r.texts_kept + (q.input == "texts").sum()
+    assert r.events_read == r.events_kept + (q.input == "events").sum()
+    assert dict(r.quarantine_reasons) == {f"{i}:{x}": n for (i, x), n in q.groupby(["input", "reason"]).size().items()}
+    assert {"texts:empty_after_cleaning", "texts:missing_user_id", "texts:unparsable_ts",
+            "events:rating_out_of_range", "events:unknown_event_type"} <= set(dict(r.quarantine_reasons))
+    # Every user with a kept text or a kept event is segmented exactly once.
+    assert len(us) == us.user_id.nunique() == r.users
+    assert r.users_text_only > 0 and r.users_events_only > 0
+    assert sorted(seg.segment_id) == list(range(r.k)) and seg["size"].sum() == len(us)
+    assert set(us.segment_id) == set(seg.segment_id)
+    assert r.k == res.k and len(r.k_selection) == len(range(4, 13))
+    assert all(len(t) > 0 for t in seg.top_terms) and all(len(t) > 0 for t in seg.representative_texts)
+    assert abs(seg.share.sum() - 1) < 1e-9 and (us.distance >= 0).all()
+    assert r.embed_texts_per_s > 0 and set(dict(r.stage_seconds)) >= {"ingest", "embed", "cluster", "write"}
+
+
+@pytest.mark.slow
+def test_sample_recovers_planted_english_groups(sample_run):
+    from sklearn.metrics import adjusted_rand_score
+
+    _, lake = sample_run
+    labels = pd.read_csv(SAMPLE / "labels.csv", dtype=str)
+    merged = _table(lake / "user_segments").merge(labels, on="user_id")
+    planted = merged[merged.group != "noise"]
+    en, zh = planted[planted.lang == "en"], planted[planted.lang == "zh"]
+    ari_en = adjusted_rand_score(en.group, en.segment_id)
+    ari_zh = adjusted_rand_score(zh.group, zh.segment_id)
+    print(f"\nARI English users: {ari_en:.3f} (n={len(en)}); Chinese users: {ari_zh:.3f} (n={len(zh)}, "
+          "English default model: no bar)")
+    assert ari_en >= 0.8
+
+
+@pytest.mark.slow
+def test_no_planted_pii_in_any_table(sample_run):
+    _, lake = sample_run
+    planted = [p.strip() for p in (SAMPLE / "planted_pii.txt").read_text(encoding="utf-8").splitlines() if p.strip()]
+    assert planted
+    email = re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+")
+    for name in ("user_segments", "segments", "runs"):
+        blob = _table(lake / name).astype(str).to_csv()
+        assert not [p for p in planted if p in blob], name
+        assert not email.search(blob), name
+    # Quarantine keeps rejected rows as they came (for investigation), but the segments'
+    # representative texts and terms must be masked.
+    seg = _table(lake / "segments")
+    texts = " ".join(t for ts in seg.representative_texts for t in ts)
+    assert not email.search(texts) and not re.search(r"1[3-9]\d{9}", texts)
+
+
+def _write_small_inputs(tmp_path) -> tuple[str, str]:
+    texts = tmp_path / "texts.csv"
+    rows = ["user_id,text,ts,item_id,lang"]
+    for i in range(6):
+        rows.append(f"a{i},great dress fit soft fabric,2026-01-0{i + 1}T00:00:00Z,d{i},en")
+        rows.append(f"a{i},nice shirt size fit,2026-01-0{i + 1}T00:00:00Z,d{i},en")
+        rows.append(f"b{i},phone battery screen camera,2026-01-0{i + 1}T00:00:00Z,p{i},en")
+        rows.append(f"b{i},laptop battery fast,,p{i},en")
+    rows += [",no user,,,en", "c1,<br/>,,,en", "c2,bad ts,yesterday,,en"]
+    texts.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    events = tmp_path / "events.csv"
+    ev = ["user_id,item_id,event_type,rating,category,ts"]
+    ev += [f"a{i},d{i},purchase,,fashion,2026-01-01T00:00:00Z" for i in range(6)]
+    ev += [f"b{i},p{i},view,,electronics,2026-01-01T00:00:00Z" for i in range(6)]
+    ev += ["e1,p1,view,,electronics,", "a1,d1,rating,9,fashion,"]
+    events.write_text("\n".join(ev) + "\n", encoding="utf-8")
+    return str(texts), str(events)
+
+
+def test_rerun_same_run_id_replaces_rows(spark, tmp_path, tiny_model):
+    texts, events = _write_small_inputs(tmp_path)
+    conf = _conf(tmp_path, run_id="r1", embed__model_path=tiny_model, input__texts__path=texts,
+                 input__events__path=events, cluster__k=2)
+    first = run(spark, conf)
+    run(spark, conf)  # same run_id again
+    lake = tmp_path / "lake"
+    us, q, runs = _table(lake / "user_segments"), _table(lake / "quarantine"), _table(lake / "runs")
+    assert len(us) == us.user_id.nunique() == 13  # a0-5, b0-5 and the events-only e1
+    assert len(runs) == 1 and len(q) == 4 and len(_table(lake / "segments")) == 2
+    assert sorted(q.reason) == ["empty_after_cleaning", "missing_user_id", "rating_out_of_range", "unparsable_ts"]
+    assert first.counts["texts_read"] == 27 and first.counts["texts_kept"] == 24
+    # Users with the same wording and behaviour share a segment; the two groups are apart.
+    seg = dict(zip(us.user_id, us.segment_id))
+    assert len({seg[f"a{i}"] for i in range(6)}) == 1 and len({seg[f"b{i}"] for i in range(6)}) == 1
+    assert seg["a0"] != seg["b0"]
+    # A second run id adds its own rows next to the first run's.
+    run(spark, {**conf, "run_id": "r2"})
+    us = _table(lake / "user_segments")
+    assert us.groupby("run_id").size().to_dict() == {"r1": 13, "r2": 13}
+    assert sorted(_table(lake / "runs").run_id) == ["r1", "r2"]
+
+
+def test_bisecting_recency_no_events(spark, tmp_path, tiny_model):
+    texts, _ = _write_small_inputs(tmp_path)
+    conf = _conf(tmp_path, run_id="b1", embed__model_path=tiny_model, input__texts__path=texts,
+                 input__events__path=None, cluster__k=2, cluster__algorithm="bisecting",
+                 user_vectors__pooling="recency")
+    res = run(spark, conf)
+    us = _table(tmp_path / "lake" / "user_segments")
+    assert len(us) == 12 and res.counts["users_text_only"] == 12 and "events_read" not in res.counts
+
+
+def test_cli_errors(spark, tmp_path, capsys):
+    bad = tmp_path / "t.csv"
+    bad.write_text("uid,text\nu1,hello\n")
+    assert main(["--texts", str(bad), "--output", str(tmp_path / "o")]) == 3
+    assert "required column 'user_id'" in capsys.readouterr().err
+    assert main(["--texts", str(bad), "--k", "1"]) == 2
+    assert "cluster.k" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "--model-path" in capsys.readouterr().out
