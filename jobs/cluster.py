@@ -30,9 +30,10 @@ def silhouette(pred: DataFrame, distance: str = "euclidean", features_col: str =
 
 
 def sweep_k(users: DataFrame, k_min: int, k_max: int, *, n_users: int, sample_size: int = 20000,
-            algorithm: str = "kmeans", seed: int = 42, max_iter: int = 40,
-            distance: str = "euclidean") -> tuple[int, list[dict]]:
-    """Fit every k in [k_min, k_max] on a sample of users; return (best k, per-k scores).
+            algorithm: str = "kmeans", seed: int = 42, max_iter: int = 40, distance: str = "euclidean",
+            n_init: int = 1) -> tuple[int, list[dict], object | None]:
+    """Fit every k in [k_min, k_max] on a sample of users; return (best k, per-k scores, and
+    the best k's model when the sample was all users, so it need not be fitted again).
 
     Rule: the highest silhouette wins; an exact tie goes to the smaller k (fewer segments
     are easier to act on). k above the sample's size - 1 is skipped.
@@ -41,10 +42,13 @@ def sweep_k(users: DataFrame, k_min: int, k_max: int, *, n_users: int, sample_si
     sample = users.select("features").sample(fraction=fraction, seed=seed) if fraction < 1 else users.select("features")
     sample = sample.cache()
     n_sample = sample.count()
-    scores = []
+    scores, models = [], {}
     try:
         for k in range(k_min, min(k_max, n_sample - 1) + 1):
-            model = make_estimator(algorithm, k, seed, max_iter, distance).fit(sample)
+            model = fit(sample, k, algorithm=algorithm, seed=seed, max_iter=max_iter, distance=distance,
+                        n_init=n_init)
+            if fraction >= 1:
+                models[k] = model
             pred = model.transform(sample)
             # A k whose fit collapsed to a single non-empty cluster has no silhouette.
             used = pred.select("segment_id").distinct().count()
@@ -58,13 +62,24 @@ def sweep_k(users: DataFrame, k_min: int, k_max: int, *, n_users: int, sample_si
     if not valid:
         raise ValueError(f"cannot pick k: only {n_sample} users in the sample for k in [{k_min}, {k_max}]")
     best = max(valid, key=lambda s: (s["silhouette"], -s["k"]))
-    return best["k"], scores
+    return best["k"], scores, models.get(best["k"])
 
 
 def fit(users: DataFrame, k: int, *, algorithm: str = "kmeans", seed: int = 42, max_iter: int = 40,
-        distance: str = "euclidean"):
-    """Fit the final model on all users."""
-    return make_estimator(algorithm, k, seed, max_iter, distance).fit(users)
+        distance: str = "euclidean", n_init: int = 1):
+    """Fit `n_init` times (seeds seed, seed+1, ...) and keep the lowest within-cluster cost.
+
+    One k-means|| run often stops in a poor local optimum (a cost above a smaller k's is the
+    tell-tale); restarts, as in scikit-learn's n_init, make both the model and the k sweep
+    far less dependent on the seed and on how the data happens to be partitioned.
+    `users` should be cached: it is scanned once per restart.
+    """
+    best = None
+    for i in range(n_init):
+        model = make_estimator(algorithm, k, seed + i, max_iter, distance).fit(users)
+        if best is None or model.summary.trainingCost < best.summary.trainingCost:
+            best = model
+    return best
 
 
 def assign(users: DataFrame, model, distance: str = "euclidean") -> DataFrame:

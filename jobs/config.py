@@ -61,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
         "sample_size": 20000,
         "seed": 42,
         "max_iter": 40,
+        "n_init": 3,  # restarts per fit; the lowest cost wins
         "distance": "euclidean",
     },
     "profile": {"top_terms": 10, "representative_texts": 5, "top_categories": 3, "bigrams": True},
@@ -181,6 +182,7 @@ def validate(conf: dict) -> None:
     _int(conf, "cluster.sample_size", 10)
     _int(conf, "cluster.seed", 0)
     _int(conf, "cluster.max_iter", 1)
+    _int(conf, "cluster.n_init", 1, 50)
     _int(conf, "profile.top_terms", 1)
     _int(conf, "profile.representative_texts", 0)
     _int(conf, "profile.top_categories", 0)

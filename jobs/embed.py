@@ -34,7 +34,8 @@ def embed_texts(
     udf = embed_udf(model_path, batch_size, token_budget, max_tokens, device, precision, threads_per_task)
     if not dedupe:
         return df.repartition(n).withColumn(out_col, udf(F.col(text_col)))
-    # An explicit partition count is kept by adaptive execution (it is not coalesced away).
-    vectors = (df.select(text_col).where(F.col(text_col).isNotNull()).distinct()
-               .repartition(n, text_col).withColumn(out_col, udf(F.col(text_col))))
+    # Hash-partitioning by the text first lets distinct() run without a second shuffle; an
+    # explicit partition count is kept by adaptive execution (it is not coalesced away).
+    vectors = (df.select(text_col).where(F.col(text_col).isNotNull()).repartition(n, text_col).distinct()
+               .withColumn(out_col, udf(F.col(text_col))))
     return df.join(vectors, on=text_col, how="left")

@@ -206,13 +206,16 @@ def run(spark: SparkSession, conf: dict) -> RunResult:
         with stage("cluster", timings):
             k_scores: list[dict] = []
             k = cc["k"]
-            common = dict(algorithm=cc["algorithm"], seed=cc["seed"], max_iter=cc["max_iter"], distance=cc["distance"])
+            common = dict(algorithm=cc["algorithm"], seed=cc["seed"], max_iter=cc["max_iter"],
+                          distance=cc["distance"], n_init=cc["n_init"])
+            model = None
             if k == "auto":
-                k, k_scores = cluster.sweep_k(users, cc["k_min"], cc["k_max"], n_users=counts["users"],
-                                              sample_size=cc["sample_size"], **common)
+                k, k_scores, model = cluster.sweep_k(users, cc["k_min"], cc["k_max"], n_users=counts["users"],
+                                                     sample_size=cc["sample_size"], **common)
             if k > counts["users"]:
                 raise ValueError(f"k={k} is larger than the number of users ({counts['users']})")
-            model = cluster.fit(users, k, **common)
+            if model is None:  # the sweep's model is reused when it already saw every user
+                model = cluster.fit(users, k, **common)
             assigned = keep(cluster.assign(users, model, cc["distance"]))
             sil = cluster.silhouette(assigned, cc["distance"])
             cost = float(model.summary.trainingCost)

@@ -34,16 +34,24 @@ def test_fit_assign_recovers_groups(blobs, algorithm, distance):
 
 
 def test_sweep_picks_planted_k(blobs):
-    k, scores = cluster.sweep_k(blobs, 2, 7, n_users=120, sample_size=1000)
+    k, scores, model = cluster.sweep_k(blobs, 2, 7, n_users=120, sample_size=1000)
     assert k == 4
     assert [s["k"] for s in scores] == [2, 3, 4, 5, 6, 7]
     assert max(scores, key=lambda s: s["silhouette"])["k"] == 4
     assert all(s["cost"] > 0 and s["sample_size"] == 120 for s in scores)
+    assert len(model.clusterCenters()) == 4  # the whole population was the sample: model reused
 
 
 def test_sweep_on_a_sample(blobs):
-    k, scores = cluster.sweep_k(blobs, 3, 5, n_users=120, sample_size=60, seed=3)
+    k, scores, model = cluster.sweep_k(blobs, 3, 5, n_users=120, sample_size=60, seed=3)
     assert k == 4 and 30 <= scores[0]["sample_size"] <= 90
+    assert model is None  # fitted on a sample only: the caller refits on everyone
+
+
+def test_restarts_keep_the_lowest_cost(blobs):
+    singles = [cluster.fit(blobs, 6, seed=s).summary.trainingCost for s in (7, 8, 9)]
+    best = cluster.fit(blobs, 6, seed=7, n_init=3).summary.trainingCost
+    assert best == pytest.approx(min(singles))
 
 
 def test_silhouette_high_for_planted_groups(blobs):
