@@ -88,7 +88,8 @@ def _first_reason(*rules):
 
 
 def _blank(col: str):
-    return F.col(col).isNull() | (F.trim(F.col(col).cast("string")) == "")
+    # (?U) makes \s Unicode-aware: an id of only U+3000 or no-break spaces is blank too.
+    return F.col(col).isNull() | F.col(col).cast("string").rlike(r"(?U)^\s*$")
 
 
 def validate_texts(df: DataFrame, ts_format: str | None = None) -> DataFrame:

@@ -33,7 +33,8 @@ def test_text_reasons_and_reconciliation(spark, tmp_path):
         "u5,fine text,not-a-date,,en\n"
         "u6,\"multi, comma <b>text</b> mail a@b.com\",,,EN\n"
         "u7,这件连衣裙很舒服,2026-13-45,,zh\n"
-        "  ,spaces only id,,,en\n",
+        "  ,spaces only id,,,en\n"
+        "\u3000\u00a0,ideographic space id,,,en\n",
         encoding="utf-8")
     df = _texts(spark, p).cache()
     reasons = {r.text: r.reason for r in df.collect()}
@@ -43,12 +44,12 @@ def test_text_reasons_and_reconciliation(spark, tmp_path):
     assert reasons["<p></p>"] == "empty_after_cleaning"
     assert reasons["fine text"] == "unparsable_ts"
     assert reasons["这件连衣裙很舒服"] == "unparsable_ts"
-    assert reasons["spaces only id"] == "missing_user_id"
+    assert reasons["spaces only id"] == reasons["ideographic space id"] == "missing_user_id"
     good = df.where("user_id = 'u6'").first()
     assert good.reason is None and good.text_clean == "multi, comma text mail [EMAIL]" and good.lang == "en"
     assert df.where("user_id = 'u1'").first().ts is not None
     kept, bad = ingest.split_quarantine(df)
-    assert kept.count() + bad.count() == df.count() == 8
+    assert kept.count() + bad.count() == df.count() == 9
     q = ingest.to_quarantine(bad, "texts", str(p), "r1").collect()
     assert {r.reason for r in q} == {"missing_user_id", "missing_text", "empty_after_cleaning", "unparsable_ts"}
     rec = json.loads(next(r.record for r in q if r.reason == "unparsable_ts" and "fine" in r.record))
