@@ -46,7 +46,10 @@ while [ $# -gt 0 ]; do
       if [[ "$v" == *=* ]]; then spark_args+=("--conf" "$v"); else conf_file="$v"; fi
       shift ;;
     --verbose|--supervise) spark_args+=("$1"); shift ;;
-    -h|--help) job_args+=("--help"); shift ;;
+    -h|--help)
+      # This script's own usage (the header above), then the job's options.
+      sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'
+      job_args+=("--help"); shift ;;
     *)
       if [[ "$spark_opts" == *" $1 "* ]]; then spark_args+=("$1" "$2"); shift 2
       else job_args+=("$1"); shift; fi ;;

@@ -50,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--texts", help="texts input path (columns user_id, text, optional ts, item_id, lang)")
     p.add_argument("--texts-format", choices=config.FORMATS, help="texts format (default csv)")
     p.add_argument("--events", help="optional events input path (user_id, item_id, event_type, rating, category, ts)")
+    p.add_argument("--no-events", action="store_true", help="run on texts only, ignoring the conf's events input")
     p.add_argument("--events-format", choices=config.FORMATS, help="events format (default csv)")
     p.add_argument("--output", help="output root for the Delta tables (default lakehouse)")
     p.add_argument("--conf", help="YAML conf profile (conf/local.yaml, conf/cluster.yaml, conf/databricks.yaml)")
@@ -78,6 +79,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
     put("input.texts.path", args.texts)
     put("input.texts.format", args.texts_format)
     put("input.events.path", args.events)
+    if args.no_events:
+        o.setdefault("input", {}).setdefault("events", {})["path"] = None
     put("input.events.format", args.events_format)
     put("output.root", args.output)
     put("output.engine", args.engine)
