@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test venv clean sample
+.PHONY: demo test venv clean sample browser
 
 venv: $(STAMP)
 
@@ -28,8 +28,15 @@ demo: $(STAMP)
 	  --texts data/sample/texts.csv --events data/sample/events.csv \
 	  --output lakehouse --run-id demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q tests
+
+# Headless Chromium renders the HTML report in the tests (Debian packages; needs root or sudo).
+# The CJK font lets Chinese segment terms render as text rather than boxes.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium fonts-wqy-zenhei >/dev/null; }
 
 sample: $(STAMP)
 	$(BIN)/python data/generate_sample.py --out data/sample

@@ -21,6 +21,7 @@ setup(
         "pyyaml>=6",
         "jieba>=0.42",
         "numpy>=1.26",
+        "matplotlib>=3.7",
     ],
     extras_require={
         "spark": ["pyspark[connect]>=4.0,<5"],

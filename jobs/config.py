@@ -62,10 +62,13 @@ DEFAULTS: dict[str, Any] = {
         "seed": 42,
         "max_iter": 40,
         "n_init": 3,  # restarts per fit; the lowest cost wins
+        "k_tolerance": 0.01,  # k auto: smallest k with silhouette >= best - tolerance
+        "stability_seeds": 0,  # >= 2: refit with this many seeds on the sample, report mean pairwise ARI
+        "stability_min_ari": 0.8,  # below it the run is flagged unstable
         "distance": "euclidean",
     },
-    "profile": {"top_terms": 10, "representative_texts": 5, "top_categories": 3, "bigrams": True},
-    "output": {"root": "lakehouse", "engine": "auto"},
+    "profile": {"top_terms": 10, "representative_texts": 5, "top_categories": 3, "typical_users": 5, "bigrams": True},
+    "output": {"root": "lakehouse", "engine": "auto", "report": True},
     "run_id": None,
 }
 
@@ -183,9 +186,16 @@ def validate(conf: dict) -> None:
     _int(conf, "cluster.seed", 0)
     _int(conf, "cluster.max_iter", 1)
     _int(conf, "cluster.n_init", 1, 50)
+    _int(conf, "cluster.stability_seeds", 0, 20)
+    for key in ("cluster.k_tolerance", "cluster.stability_min_ari"):
+        v = get(conf, key)
+        _check(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1, key,
+               f"must be a number in [0, 1], got {v!r}")
     _int(conf, "profile.top_terms", 1)
     _int(conf, "profile.representative_texts", 0)
     _int(conf, "profile.top_categories", 0)
+    _int(conf, "profile.typical_users", 0)
+    _check(isinstance(conf["output"]["report"], bool), "output.report", "must be true or false")
     _check(bool(conf["output"]["root"]), "output.root", "is required")
     _choice(conf, "output.engine", ("auto", "native", "delta-rs"))
     rid = conf["run_id"]

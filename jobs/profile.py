@@ -14,21 +14,32 @@ from pyspark.sql.window import Window
 from udfs.text_clean import terms_udf
 
 
-def sizes(user_segments: DataFrame) -> DataFrame:
-    """segment_id, size, share, mean_distance."""
-    total = F.sum("size").over(Window.partitionBy())
+def sizes(user_segments: DataFrame, typical_n: int = 5) -> DataFrame:
+    """segment_id, size, share, mean_distance, texts_per_user and typical_users (the ids of
+    the `typical_n` users closest to the centroid)."""
+    total = F.sum("size").over(Window.partitionBy())  # k rows: a global window is fine here
+    rank = F.row_number().over(Window.partitionBy("segment_id").orderBy("distance", "user_id"))
+    typical = (user_segments.withColumn("_r", rank).where(F.col("_r") <= typical_n).groupBy("segment_id")
+               .agg(F.array_sort(F.collect_list(F.struct("_r", "user_id"))).alias("_t"))
+               .select("segment_id", F.col("_t.user_id").alias("typical_users")))
     return (user_segments.groupBy("segment_id")
-            .agg(F.count(F.lit(1)).alias("size"), F.avg("distance").alias("mean_distance"))
-            .withColumn("share", F.col("size") / total))
+            .agg(F.count(F.lit(1)).alias("size"), F.avg("distance").alias("mean_distance"),
+                 F.avg("n_texts").alias("texts_per_user"))
+            .withColumn("share", F.col("size") / total)
+            .join(typical, "segment_id", "left"))
 
 
-def top_terms(texts: DataFrame, user_segments: DataFrame, n: int = 10, bigrams: bool = True,
-              min_count: int = 2) -> DataFrame:
+def user_terms(texts: DataFrame, bigrams: bool = True) -> DataFrame:
+    """(user_id, term) for every term of every cleaned text (jieba for Chinese). Cache it:
+    both the segment terms and the per-user explanations read it."""
+    return texts.select("user_id", F.explode(terms_udf(bigrams)(F.col("text_clean"))).alias("term"))
+
+
+def top_terms(terms: DataFrame, user_segments: DataFrame, n: int = 10, min_count: int = 2) -> DataFrame:
     """segment_id, top_terms, term_scores by class-based TF-IDF: each segment's texts form one
     document; score = tf(term, segment) * log(1 + A / f(term)), A = mean terms per segment,
     f = the term's count over all segments (as in BERTopic's c-TF-IDF)."""
-    seg_terms = (texts.join(user_segments.select("user_id", "segment_id"), "user_id")
-                 .select("segment_id", F.explode(terms_udf(bigrams)(F.col("text_clean"))).alias("term")))
+    seg_terms = terms.join(user_segments.select("user_id", "segment_id"), "user_id")
     counts = seg_terms.groupBy("segment_id", "term").agg(F.count(F.lit(1)).alias("n")).cache()
     # Two scalars (total term count, number of segments) come to the driver; no global windows.
     totals = counts.agg(F.sum("n").alias("all"), F.countDistinct("segment_id").alias("k")).first()
@@ -74,6 +85,7 @@ def behaviour(events: DataFrame, user_segments: DataFrame, n_categories: int = 3
     ev = events.join(user_segments.select("user_id", "segment_id"), "user_id")
     per_seg = ev.groupBy("segment_id").agg(
         F.count(F.lit(1)).alias("n_events"),
+        F.count("rating").alias("n_ratings"),
         F.countDistinct("user_id").alias("users_with_events"),
         F.avg(F.when(F.col("event_type") == "purchase", 1.0).otherwise(0.0)).alias("purchase_share"),
         F.avg("rating").alias("mean_rating"),
@@ -90,29 +102,32 @@ def behaviour(events: DataFrame, user_segments: DataFrame, n_categories: int = 3
     return per_seg.join(top, "segment_id", "left")
 
 
-def profile_segments(user_segments: DataFrame, texts: DataFrame, events: DataFrame | None, centers: np.ndarray,
-                     *, text_dim: int, top_terms_n: int = 10, representative_n: int = 5,
-                     top_categories_n: int = 3, bigrams: bool = True) -> DataFrame:
-    """One row per segment with everything above plus the centroid."""
+def profile_segments(user_segments: DataFrame, texts: DataFrame, terms: DataFrame, events: DataFrame | None,
+                     centers: np.ndarray, *, text_dim: int, top_terms_n: int = 10, representative_n: int = 5,
+                     top_categories_n: int = 3, typical_n: int = 5) -> DataFrame:
+    """One row per segment with everything above plus the centroid (names come later, from
+    these rows: see `name_segments`)."""
     spark = user_segments.sparkSession
     centroid_df = spark.createDataFrame(
         [(i, [float(x) for x in c]) for i, c in enumerate(centers)], "segment_id int, centroid array<double>")
-    out = (sizes(user_segments)
-           .join(top_terms(texts, user_segments, top_terms_n, bigrams), "segment_id", "left")
+    out = (sizes(user_segments, typical_n)
+           .join(top_terms(terms, user_segments, top_terms_n), "segment_id", "left")
            .join(representative_texts(texts, user_segments, centers, text_dim, representative_n), "segment_id", "left"))
     if events is not None:
         beh = behaviour(events, user_segments, top_categories_n)
     else:
-        beh = spark.createDataFrame([], "segment_id int, n_events long, users_with_events long, purchase_share double, "
+        beh = spark.createDataFrame([], "segment_id int, n_events long, n_ratings long, users_with_events long, purchase_share double, "
                                         "mean_rating double, top_categories array<string>, "
                                         "top_category_shares array<double>, top_category_lifts array<double>")
     out = out.join(beh, "segment_id", "left").join(centroid_df, "segment_id", "left")
     return out.select(
-        F.col("segment_id").cast("int"), "size", "share", "mean_distance",
+        F.col("segment_id").cast("int"), "size", "share", "mean_distance", "texts_per_user",
+        F.coalesce("typical_users", F.array().cast("array<string>")).alias("typical_users"),
         F.coalesce("top_terms", F.array().cast("array<string>")).alias("top_terms"),
         F.coalesce("term_scores", F.array().cast("array<double>")).alias("term_scores"),
         F.coalesce("representative_texts", F.array().cast("array<string>")).alias("representative_texts"),
         F.coalesce("n_events", F.lit(0)).cast("long").alias("n_events"),
+        F.coalesce("n_ratings", F.lit(0)).cast("long").alias("n_ratings"),
         (F.coalesce("n_events", F.lit(0)) / F.col("size")).alias("events_per_user"),
         "purchase_share", "mean_rating",
         F.coalesce("top_categories", F.array().cast("array<string>")).alias("top_categories"),
@@ -120,3 +135,70 @@ def profile_segments(user_segments: DataFrame, texts: DataFrame, events: DataFra
         F.coalesce("top_category_lifts", F.array().cast("array<double>")).alias("top_category_lifts"),
         "centroid",
     ).orderBy("segment_id")
+
+
+def explain_users(user_segments: DataFrame, terms: DataFrame, segments: DataFrame) -> DataFrame:
+    """user_segments + `matched_terms`: the user's own terms that are among their segment's
+    top terms (why this user is here, in words); empty when none match."""
+    seg_terms = segments.select("segment_id", F.explode("top_terms").alias("term"))
+    matched = (terms.join(user_segments.select("user_id", "segment_id"), "user_id")
+               .join(seg_terms, ["segment_id", "term"])
+               .groupBy("user_id").agg(F.array_sort(F.collect_set("term")).alias("matched_terms")))
+    return (user_segments.join(matched, "user_id", "left")
+            .withColumn("matched_terms", F.coalesce("matched_terms", F.array().cast("array<string>"))))
+
+
+def _ratio(value, base):
+    return value / base if value is not None and base else None
+
+
+def name_segments(rows: list[dict]) -> dict[int, str]:
+    """A short, deterministic name per segment from its profile (k rows on the driver):
+    the category it over-indexes on, its two most distinctive words, and up to two traits
+    against the whole population (purchases, activity, reviewing, ratings), joined by " · ".
+    Example: "electronics · battery, camera · frequent reviewer". Duplicates get " #id"."""
+    users = sum(r["size"] for r in rows) or 1
+    events = sum(r.get("n_events") or 0 for r in rows)
+    pop = {
+        "events_per_user": events / users,
+        "texts_per_user": sum((r.get("texts_per_user") or 0) * r["size"] for r in rows) / users,
+        "purchase_share": (sum((r.get("purchase_share") or 0) * (r.get("n_events") or 0) for r in rows) / events
+                           if events else None),
+    }
+    ratings = sum(r.get("n_ratings") or 0 for r in rows)
+    pop["mean_rating"] = (sum((r.get("mean_rating") or 0) * (r.get("n_ratings") or 0) for r in rows) / ratings
+                          if ratings else None)
+    names: dict[int, str] = {}
+    for r in sorted(rows, key=lambda x: x["segment_id"]):
+        parts = []
+        cats, lifts = r.get("top_categories") or [], r.get("top_category_lifts") or []
+        if cats and lifts and lifts[0] is not None and lifts[0] >= 1.2:
+            parts.append(cats[0])
+        words = [t for t in (r.get("top_terms") or []) if " " not in t and t not in parts][:2]
+        if words:
+            parts.append(", ".join(words))
+        traits = []
+        ratio = _ratio(r.get("purchase_share"), pop["purchase_share"])
+        if ratio is not None and ratio >= 1.25:
+            traits.append("high purchase")
+        elif ratio is not None and ratio <= 0.75:
+            traits.append("browses more than buys")
+        ratio = _ratio(r.get("events_per_user"), pop["events_per_user"])
+        if ratio is not None and ratio >= 1.5:
+            traits.append("very active")
+        elif ratio is not None and ratio <= 0.5:
+            traits.append("light activity")
+        ratio = _ratio(r.get("texts_per_user"), pop["texts_per_user"])
+        if ratio is not None and ratio >= 1.25:
+            traits.append("frequent reviewer")
+        if r.get("mean_rating") is not None and pop["mean_rating"] is not None:
+            if r["mean_rating"] >= pop["mean_rating"] + 0.3:
+                traits.append("high ratings")
+            elif r["mean_rating"] <= pop["mean_rating"] - 0.3:
+                traits.append("low ratings")
+        parts += traits[:2]
+        names[r["segment_id"]] = " · ".join(parts) or f"segment {r['segment_id']}"
+    seen: dict[str, int] = {}
+    for sid in sorted(names):
+        seen[names[sid]] = seen.get(names[sid], 0) + 1
+    return {sid: (f"{n} #{sid}" if seen[n] > 1 else n) for sid, n in names.items()}

@@ -31,14 +31,20 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import cluster, config, delta_io, ingest, profile, summary
+from jobs import cluster, config, delta_io, ingest, metrics, profile, summary
 from jobs.clean import clean_texts
 from jobs.embed import embed_texts
 from jobs.session import build_session
 from jobs.user_vectors import build_user_vectors
 
 log = logging.getLogger("seglake")
-TABLES = ("user_segments", "segments", "quarantine", "runs")
+TABLES = ("user_segments", "segments", "k_selection", "quarantine", "runs")
+QUALITY = ("wssse", "davies_bouldin", "calinski_harabasz", "min_share", "max_share", "size_entropy")
+K_COLUMNS = ("k", "silhouette", "cost", *QUALITY, "sample_size", "chosen")
+K_SCHEMA = ("run_id string, k int, silhouette double, cost double, wssse double, davies_bouldin double, "
+            "calinski_harabasz double, min_share double, max_share double, size_entropy double, "
+            "sample_size long, chosen boolean")
+PROJECTION_POINTS = 2000
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -110,6 +116,8 @@ class RunResult:
     stage_seconds: dict[str, float]
     embed_texts_per_s: float
     segments: list[dict] = field(default_factory=list)
+    quality: dict = field(default_factory=dict)
+    report_path: str | None = None
 
 
 @contextmanager
@@ -160,6 +168,11 @@ def run(spark: SparkSession, conf: dict) -> RunResult:
         return df
 
     try:
+        # Fail before any work when the model directory is missing (the executors would
+        # otherwise each fail the same way, later, with a less direct error).
+        from udfs.embedding import resolve_model_path
+
+        resolve_model_path(ec["model_path"])
         with stage("ingest", timings):
             ts_fmt = conf["input"]["timestamp_format"]
             texts = keep(_read(spark, conf, "texts", config.TEXT_COLUMNS,
@@ -211,42 +224,73 @@ def run(spark: SparkSession, conf: dict) -> RunResult:
             k = cc["k"]
             common = dict(algorithm=cc["algorithm"], seed=cc["seed"], max_iter=cc["max_iter"],
                           distance=cc["distance"], n_init=cc["n_init"])
-            model = None
+            model, sample = None, None
             if k == "auto":
-                k, k_scores, model = cluster.sweep_k(users, cc["k_min"], cc["k_max"], n_users=counts["users"],
-                                                     sample_size=cc["sample_size"], **common)
+                k, k_scores, model, sample = cluster.sweep_k(
+                    users, cc["k_min"], cc["k_max"], n_users=counts["users"], sample_size=cc["sample_size"],
+                    tolerance=cc["k_tolerance"], **common)
+                cached.append(sample)
             if k > counts["users"]:
                 raise ValueError(f"k={k} is larger than the number of users ({counts['users']})")
             if model is None:  # the sweep's model is reused when it already saw every user
                 model = cluster.fit(users, k, **common)
             assigned = keep(cluster.assign(users, model, cc["distance"]))
-            sil = cluster.silhouette(assigned, cc["distance"])
+            quality = {"silhouette": cluster.silhouette(assigned, cc["distance"]), **metrics.quality(assigned),
+                       "stability_ari": None, "stable": None}
+            if cc["stability_seeds"] >= 2:
+                if sample is None:
+                    sample = keep(cluster.stratified_sample(users, counts["users"], cc["sample_size"], cc["seed"]))
+                seeds = [cc["seed"] + 1000 * (i + 1) for i in range(cc["stability_seeds"])]
+                quality["stability_ari"] = cluster.stability(
+                    sample, k, seeds, algorithm=cc["algorithm"], max_iter=cc["max_iter"], distance=cc["distance"],
+                    n_init=cc["n_init"])
+                quality["stable"] = quality["stability_ari"] >= cc["stability_min_ari"]
+                if not quality["stable"]:
+                    log.warning("unstable segmentation: mean pairwise ARI over %d seeds is %.3f (< %.2f); "
+                                "segments depend on the seed, consider another k or more data",
+                                len(seeds), quality["stability_ari"], cc["stability_min_ari"])
             cost = float(model.summary.trainingCost)
             model_path = f"{root}/models/{run_id}"
             model.write().overwrite().save(model_path)
             centers = np.vstack(model.clusterCenters())
+            lineage = cluster.bisecting_tree(spark, model_path) if cc["algorithm"] == "bisecting" else {}
 
         with stage("profile", timings):
-            user_segments = assigned.select(
-                F.lit(run_id).alias("run_id"), "user_id", F.col("segment_id").cast("int"), "distance",
-                "n_texts", "n_events", F.current_timestamp().alias("assigned_at"))
-            segments = keep(profile.profile_segments(
-                assigned, embedded, events, centers, text_dim=text_dim,
+            terms = keep(profile.user_terms(embedded, conf["profile"]["bigrams"]))
+            segments = profile.profile_segments(
+                assigned, embedded, terms, events, centers, text_dim=text_dim,
                 top_terms_n=conf["profile"]["top_terms"], representative_n=conf["profile"]["representative_texts"],
-                top_categories_n=conf["profile"]["top_categories"], bigrams=conf["profile"]["bigrams"]))
+                top_categories_n=conf["profile"]["top_categories"], typical_n=conf["profile"]["typical_users"])
+            segments = keep(segments)
+            names = profile.name_segments([r.asDict(recursive=True) for r in segments.drop("centroid").collect()])
+            extra = spark.createDataFrame(
+                [(sid, names[sid], lineage[sid][-2] if len(lineage.get(sid, [])) > 1 else None, lineage.get(sid))
+                 for sid in names], "segment_id int, name string, parent_id int, lineage array<int>")
+            segments = keep(segments.join(extra, "segment_id", "left").select(
+                "segment_id", "name", "parent_id", "lineage", *[c for c in segments.columns if c != "segment_id"])
+                .orderBy("segment_id"))
             seg_rows = [r.asDict(recursive=True) for r in segments.drop("centroid").collect()]
+            user_segments = profile.explain_users(assigned, terms, segments).select(
+                F.lit(run_id).alias("run_id"), "user_id", F.col("segment_id").cast("int"), "distance",
+                F.col("second_segment_id").cast("int"), "second_distance", "margin", "matched_terms",
+                "n_texts", "n_events", "lang", F.current_timestamp().alias("assigned_at"))
+            projection = _projection(assigned, cc["seed"])
 
         with stage("write", timings):
+            k_table = spark.createDataFrame(
+                [{"run_id": run_id, **{c: s.get(c) for c in K_COLUMNS}} for s in k_scores], K_SCHEMA)
             written = {
                 "quarantine": delta_io.write_run(quarantine, tables["quarantine"], run_id, engine=engine),
                 "user_segments": delta_io.write_run(user_segments, tables["user_segments"], run_id, engine=engine),
                 "segments": delta_io.write_run(segments.select(F.lit(run_id).alias("run_id"), "*"),
                                                tables["segments"], run_id, engine=engine),
+                "k_selection": delta_io.write_run(k_table, tables["k_selection"], run_id, engine=engine),
             }
             _reconcile(counts, written)
 
-        result = RunResult(run_id, root, tables, counts, reasons, k, sil, cost, k_scores, timings, embed_rate,
-                           seg_rows)
+        result = RunResult(run_id, root, tables, counts, reasons, k, quality["silhouette"], cost, k_scores, timings,
+                           embed_rate, seg_rows, quality)
+        result.report_path = _write_report(conf, result, started, projection)
         _write_runs_row(spark, conf, result, started, "succeeded", engine, model_path, feature_params)
         return result
     except Exception as exc:
@@ -260,6 +304,64 @@ def run(spark: SparkSession, conf: dict) -> RunResult:
     finally:
         for df in cached:
             df.unpersist()
+
+
+def _projection(assigned: DataFrame, seed: int) -> list[dict]:
+    """PCA (Spark ML) of a sample of user vectors to 2-D, for the report's scatter plot."""
+    from pyspark.ml.feature import PCA
+    from pyspark.ml.functions import vector_to_array
+
+    n = assigned.count()
+    sample = assigned.sample(fraction=min(1.0, PROJECTION_POINTS / max(n, 1)), seed=seed).select("features", "segment_id")
+    if n < 3:
+        return []
+    pca = PCA(k=2, inputCol="features", outputCol="_p").fit(sample)
+    rows = pca.transform(sample).select(vector_to_array("_p").alias("p"), "segment_id").limit(PROJECTION_POINTS).collect()
+    return [{"x": float(r["p"][0]), "y": float(r["p"][1]), "segment_id": int(r["segment_id"])} for r in rows]
+
+
+def _run_facts(conf: dict, res: RunResult, started: datetime) -> dict:
+    """The run as plain values: the runs-table row and the report header share it."""
+    from udfs.embedding import resolve_model_path
+
+    try:
+        embed_model = resolve_model_path(conf["embed"]["model_path"])
+    except Exception:  # noqa: BLE001 - a bad model path is the error being recorded
+        embed_model = conf["embed"]["model_path"]
+    c, q = res.counts, res.quality
+    return {
+        "run_id": res.run_id, "started_at": started, "finished_at": datetime.now(timezone.utc),
+        "texts_read": c.get("texts_read"), "texts_kept": c.get("texts_kept"),
+        "events_read": c.get("events_read"), "events_kept": c.get("events_kept"),
+        "quarantined": c.get("quarantined"), "quarantine_reasons": res.reasons,
+        "texts_embedded_distinct": c.get("texts_embedded_distinct"),
+        "users": c.get("users"), "users_text_only": c.get("users_text_only"),
+        "users_events_only": c.get("users_events_only"),
+        "algorithm": conf["cluster"]["algorithm"], "distance": conf["cluster"]["distance"],
+        "k": res.k or None, "silhouette": res.silhouette, "cost": res.cost,
+        **{m: q.get(m) for m in QUALITY}, "stability_ari": q.get("stability_ari"), "stable": q.get("stable"),
+        "stage_seconds": res.stage_seconds, "embed_texts_per_s": res.embed_texts_per_s,
+        "embedding_model": embed_model,
+    }
+
+
+def _write_report(conf: dict, res: RunResult, started: datetime, projection: list[dict]) -> str | None:
+    """The HTML report beside the tables: <output>/reports/<run_id>.html."""
+    if not conf["output"]["report"]:
+        return None
+    from jobs import report
+
+    html = report.render_report(_run_facts(conf, res, started), res.k_selection, res.segments, projection)
+    path = f"{res.output}/reports/{res.run_id}.html"
+    if ingest._is_local(path):
+        return report.write_report(html, path)
+    from pyarrow import fs as pafs
+
+    filesystem, inner = pafs.FileSystem.from_uri(path)
+    filesystem.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+    with filesystem.open_output_stream(inner) as out:
+        out.write(html.encode("utf-8"))
+    return path
 
 
 def _reconcile(counts: dict[str, int], written: dict[str, int]) -> None:
@@ -277,29 +379,10 @@ def _reconcile(counts: dict[str, int], written: dict[str, int]) -> None:
 
 def _write_runs_row(spark: SparkSession, conf: dict, res: RunResult, started: datetime, status: str, engine: str,
                     model_path: str | None, feature_params: dict | None, error: str | None = None) -> None:
-    from udfs.embedding import resolve_model_path
-
-    try:
-        embed_model = resolve_model_path(conf["embed"]["model_path"])
-    except Exception:  # noqa: BLE001 - a bad model path is the error being recorded
-        embed_model = conf["embed"]["model_path"]
-    c = res.counts
     row = {
-        "run_id": res.run_id, "status": status, "error": error,
-        "started_at": started, "finished_at": datetime.now(timezone.utc),
-        "conf": config.snapshot(conf),
-        "texts_read": c.get("texts_read"), "texts_kept": c.get("texts_kept"),
-        "events_read": c.get("events_read"), "events_kept": c.get("events_kept"),
-        "quarantined": c.get("quarantined"), "quarantine_reasons": res.reasons,
-        "texts_embedded_distinct": c.get("texts_embedded_distinct"),
-        "users": c.get("users"), "users_text_only": c.get("users_text_only"),
-        "users_events_only": c.get("users_events_only"),
-        "algorithm": conf["cluster"]["algorithm"], "distance": conf["cluster"]["distance"],
-        "k": res.k or None, "silhouette": res.silhouette, "cost": res.cost,
-        "k_selection": [{"k": s["k"], "silhouette": s["silhouette"], "cost": s["cost"],
-                         "sample_size": s["sample_size"]} for s in res.k_selection],
-        "stage_seconds": res.stage_seconds, "embed_texts_per_s": res.embed_texts_per_s,
-        "embedding_model": embed_model, "model_path": model_path,
+        **_run_facts(conf, res, started), "status": status, "error": error, "conf": config.snapshot(conf),
+        "k_selection": [{c: s.get(c) for c in K_COLUMNS} for s in res.k_selection],
+        "model_path": model_path, "report_path": res.report_path,
         "feature_params": json.dumps(feature_params) if feature_params is not None else None,
     }
     schema = (
@@ -307,9 +390,13 @@ def _write_runs_row(spark: SparkSession, conf: dict, res: RunResult, started: da
         "texts_read long, texts_kept long, events_read long, events_kept long, quarantined long, "
         "quarantine_reasons map<string,long>, texts_embedded_distinct long, users long, users_text_only long, "
         "users_events_only long, algorithm string, distance string, k int, silhouette double, cost double, "
-        "k_selection array<struct<k:int,silhouette:double,cost:double,sample_size:long>>, "
+        "wssse double, davies_bouldin double, calinski_harabasz double, min_share double, max_share double, "
+        "size_entropy double, stability_ari double, stable boolean, "
+        "k_selection array<struct<k:int,silhouette:double,cost:double,wssse:double,davies_bouldin:double,"
+        "calinski_harabasz:double,min_share:double,max_share:double,size_entropy:double,sample_size:long,"
+        "chosen:boolean>>, "
         "stage_seconds map<string,double>, embed_texts_per_s double, embedding_model string, model_path string, "
-        "feature_params string")
+        "report_path string, feature_params string")
     df = spark.createDataFrame([row], schema)
     delta_io.write_run(df, f"{res.output}/runs", res.run_id, engine=engine)
 

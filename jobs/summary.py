@@ -23,19 +23,28 @@ def render(res: Any) -> str:
                  f"{c.get('users_events_only', 0)} without texts); "
                  f"{c['texts_embedded_distinct']} distinct texts embedded at {res.embed_texts_per_s:.0f} texts/s")
     if res.k_selection:
-        lines.append("k selection (silhouette on a sample; best wins):")
+        lines.append("k selection on a sample (best silhouette, then the smallest k within tolerance):")
+        lines.append(f"    {'k':>3} {'silhouette':>10} {'Davies-B.':>9} {'Calinski-H.':>11} {'min share':>9}")
         for s in res.k_selection:
-            mark = "  <- chosen" if s["k"] == res.k else ""
-            lines.append(f"    k={s['k']:<3} silhouette {s['silhouette']:.4f}  cost {s['cost']:.1f}{mark}")
-    lines.append(f"k = {res.k}, silhouette {res.silhouette:.4f}, cost {res.cost:.1f}")
+            mark = "  <- chosen" if s.get("chosen") else ""
+            lines.append(f"    {s['k']:>3} {s['silhouette']:>10.4f} {s['davies_bouldin']:>9.3f} "
+                         f"{s['calinski_harabasz']:>11.1f} {s['min_share']:>9.1%}{mark}")
+    q = res.quality
+    lines.append(f"k = {res.k}: silhouette {res.silhouette:.4f}, Davies-Bouldin {q.get('davies_bouldin', float('nan')):.3f}, "
+                 f"Calinski-Harabasz {q.get('calinski_harabasz', float('nan')):.1f}, WSSSE {q.get('wssse', float('nan')):.1f}, "
+                 f"size entropy {q.get('size_entropy', float('nan')):.2f}")
+    if q.get("stability_ari") is not None:
+        verdict = "stable" if q.get("stable") else "UNSTABLE: segments depend on the seed"
+        lines.append(f"stability: mean pairwise ARI across seeds {q['stability_ari']:.3f} ({verdict})")
     lines.append("")
-    lines.append(f"{'seg':>3} {'users':>6} {'share':>6}  {'top categories':<24} top terms")
+    lines.append(f"{'seg':>3} {'users':>6} {'share':>6}  name")
     for s in res.segments:
-        cats = ", ".join(s.get("top_categories") or [])[:24]
-        terms = ", ".join((s.get("top_terms") or [])[:6])
-        lines.append(f"{s['segment_id']:>3} {s['size']:>6} {s['share']:>6.1%}  {cats:<24} {terms}")
+        lines.append(f"{s['segment_id']:>3} {s['size']:>6} {s['share']:>6.1%}  {s.get('name') or ''}")
+        lines.append(f"{'':>19}terms: {', '.join((s.get('top_terms') or [])[:8])}")
     lines.append("")
     lines.append("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res.stage_seconds.items()))
+    if getattr(res, "report_path", None):
+        lines.append(f"report: {res.report_path}")
     lines.append("tables:")
     for name, path in res.tables.items():
         lines.append(f"    {name:<14} {path}")

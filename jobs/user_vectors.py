@@ -32,7 +32,7 @@ def _unit(col):
 
 def pool_texts(df: DataFrame, pooling: str = "mean", half_life_days: float = 30.0,
                emb_col: str = "embedding") -> DataFrame:
-    """One row per user: `text_vec` (unit array<double>), `n_texts`, `last_text_ts`.
+    """One row per user: `text_vec` (unit array<double>), `n_texts`, `last_text_ts`, `lang`.
 
     `recency` weights each text by 2^(-age / half_life), age measured from the user's own
     latest text so a user's vector does not drift with the run date. Undated texts get
@@ -45,12 +45,15 @@ def pool_texts(df: DataFrame, pooling: str = "mean", half_life_days: float = 30.
         data = data.withColumn("_w", F.coalesce(F.pow(F.lit(2.0), age_days / half_life_days), F.lit(1.0)))
     else:
         data = data.withColumn("_w", F.lit(1.0))
+    lang = F.mode("lang", deterministic=True) if "lang" in df.columns else F.lit(None).cast("string")
     pooled = data.groupBy("user_id").agg(
         Summarizer.mean(F.col("_v"), F.col("_w")).alias("_mean"),
         F.count(F.lit(1)).alias("n_texts"),
         F.max("ts").alias("last_text_ts"),
+        lang.alias("lang"),  # the user's most frequent text language
     )
-    return pooled.select("user_id", _unit(vector_to_array("_mean")).alias("text_vec"), "n_texts", "last_text_ts")
+    return pooled.select("user_id", _unit(vector_to_array("_mean")).alias("text_vec"), "n_texts", "last_text_ts",
+                         "lang")
 
 
 def _slug(value: str) -> str:
@@ -103,7 +106,7 @@ def standardise(df: DataFrame, names: list[str]) -> tuple[DataFrame, dict]:
 def fuse(text_users: DataFrame, behaviour: DataFrame | None, names: list[str], behaviour_weight: float,
          text_dim: int) -> DataFrame:
     """One row per user seen in texts or events: user_id, features (Vector), n_texts, n_events,
-    has_text, has_events. See the module docstring for the rule."""
+    lang (null for users without texts). See the module docstring for the rule."""
     wt = math.sqrt(1.0 - behaviour_weight)
     if behaviour is None or not names or behaviour_weight == 0:
         users = text_users.withColumn("n_events", F.lit(0).cast("long"))
@@ -120,6 +123,7 @@ def fuse(text_users: DataFrame, behaviour: DataFrame | None, names: list[str], b
         array_to_vector(arr).alias("features"),
         F.coalesce("n_texts", F.lit(0)).cast("long").alias("n_texts"),
         F.coalesce("n_events", F.lit(0)).cast("long").alias("n_events"),
+        "lang",
     )
 
 

@@ -10,8 +10,9 @@ from jobs import cluster
 def blobs(spark):
     rng = np.random.default_rng(0)
     centers = np.eye(8)[:4] * 5
-    rows = [(f"g{g}-{i}", Vectors.dense(centers[g] + rng.normal(0, 0.3, 8)), g) for g in range(4) for i in range(30)]
-    return spark.createDataFrame(rows, ["user_id", "features", "truth"]).cache()
+    rows = [(f"g{g}-{i}", Vectors.dense(centers[g] + rng.normal(0, 0.3, 8)), g, "en" if g < 3 else "zh", 3, 1)
+            for g in range(4) for i in range(30)]
+    return spark.createDataFrame(rows, ["user_id", "features", "truth", "lang", "n_texts", "n_events"]).cache()
 
 
 def _groups_match(rows):
@@ -27,25 +28,61 @@ def test_fit_assign_recovers_groups(blobs, algorithm, distance):
     rows = cluster.assign(blobs, model, distance).collect()
     assert _groups_match(rows)
     centers = np.vstack(model.clusterCenters())
-    r = rows[0]
-    x, c = r.features.toArray(), centers[r.segment_id]
-    want = (1 - x @ c / np.linalg.norm(x) / np.linalg.norm(c)) if distance == "cosine" else np.linalg.norm(x - c)
-    assert r.distance == pytest.approx(want, rel=1e-6)
+
+    def dist(x, c):
+        return (1 - x @ c / np.linalg.norm(x) / np.linalg.norm(c)) if distance == "cosine" else np.linalg.norm(x - c)
+
+    for r in rows[:5]:
+        x = r.features.toArray()
+        d = [dist(x, c) for c in centers]
+        assert r.distance == pytest.approx(d[r.segment_id], rel=1e-6)
+        runner_up = min((v, j) for j, v in enumerate(d) if j != r.segment_id)
+        assert (r.second_distance, r.second_segment_id) == (pytest.approx(runner_up[0], rel=1e-6), runner_up[1])
+        assert r.margin == pytest.approx(runner_up[0] - d[r.segment_id], rel=1e-6)
 
 
 def test_sweep_picks_planted_k(blobs):
-    k, scores, model = cluster.sweep_k(blobs, 2, 7, n_users=120, sample_size=1000)
-    assert k == 4
+    k, scores, model, sample = cluster.sweep_k(blobs, 2, 7, n_users=120, sample_size=1000)
+    assert k == 4 and [s["chosen"] for s in scores] == [False, False, True, False, False, False]
     assert [s["k"] for s in scores] == [2, 3, 4, 5, 6, 7]
     assert max(scores, key=lambda s: s["silhouette"])["k"] == 4
     assert all(s["cost"] > 0 and s["sample_size"] == 120 for s in scores)
     assert len(model.clusterCenters()) == 4  # the whole population was the sample: model reused
+    four = scores[2]
+    assert four["min_share"] == four["max_share"] == 0.25 and four["size_entropy"] == pytest.approx(1.0)
+    assert four["davies_bouldin"] == min(s["davies_bouldin"] for s in scores)
+    assert four["calinski_harabasz"] == max(s["calinski_harabasz"] for s in scores)
 
 
 def test_sweep_on_a_sample(blobs):
-    k, scores, model = cluster.sweep_k(blobs, 3, 5, n_users=120, sample_size=60, seed=3)
+    k, scores, model, sample = cluster.sweep_k(blobs, 3, 5, n_users=120, sample_size=60, seed=3)
     assert k == 4 and 30 <= scores[0]["sample_size"] <= 90
     assert model is None  # fitted on a sample only: the caller refits on everyone
+    # Stratified: the small 'zh' stratum (30 users) is kept whole (min 50 per stratum).
+    assert sample.where("user_id like 'g3-%'").count() == 30
+
+
+def test_choose_k_rule():
+    scores = [{"k": 3, "silhouette": 0.50}, {"k": 4, "silhouette": 0.505}, {"k": 5, "silhouette": 0.52},
+              {"k": 6, "silhouette": float("nan")}]
+    assert cluster.choose_k(scores, 0.0) == 5
+    assert cluster.choose_k(scores, 0.02) == 3
+    assert cluster.choose_k(scores, 0.017) == 4
+
+
+def test_stability(blobs):
+    assert cluster.stability(blobs.select("features"), 4, [1, 2, 3]) == pytest.approx(1.0)
+    assert cluster.stability(blobs.select("features"), 9, [1, 2, 3]) < 0.95  # splitting 4 blobs 9 ways is arbitrary
+
+
+def test_bisecting_tree(spark, blobs, tmp_path):
+    model = cluster.fit(blobs, 4, algorithm="bisecting")
+    model.write().save(str(tmp_path / "m"))
+    tree = cluster.bisecting_tree(spark, str(tmp_path / "m"))
+    assert sorted(tree) == [0, 1, 2, 3]
+    assert all(path[0] == -1 and path[-1] == leaf for leaf, path in tree.items())
+    # Two leaves under the same parent are siblings: a binary tree over 4 leaves has 3 splits.
+    assert len({n for path in tree.values() for n in path if n < 0}) == 3
 
 
 def test_restarts_keep_the_lowest_cost(blobs):

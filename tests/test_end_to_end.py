@@ -5,6 +5,7 @@ import csv
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from deltalake import DeltaTable
@@ -72,12 +73,39 @@ def test_sample_tables_and_counts_reconcile(sample_run):
 
 
 @pytest.mark.slow
+def test_sample_quality_k_selection_and_explanations(sample_run):
+    res, lake = sample_run
+    r = _table(lake / "runs").iloc[0]
+    ks = _table(lake / "k_selection").sort_values("k")
+    assert list(ks.k) == list(range(4, 13)) and ks.chosen.sum() == 1 and ks[ks.chosen].k.iloc[0] == r.k
+    best = ks.silhouette.max()
+    assert r.k == ks[ks.silhouette >= best - 0.01].k.min()  # the documented rule
+    for col in ("davies_bouldin", "calinski_harabasz", "wssse", "min_share", "max_share", "size_entropy"):
+        assert ks[col].notna().all() and np.isfinite(r[col]), col
+    assert 0 < r.min_share <= 1 / r.k <= r.max_share < 1 and 0 < r.size_entropy <= 1
+    assert 0 <= r.stability_ari <= 1 and r.stable == (r.stability_ari >= 0.8)
+    seg = _table(lake / "segments")
+    assert seg.name.nunique() == len(seg) and all(seg.name.str.len() > 0)
+    assert all(len(u) == 5 for u in seg.typical_users) and seg.parent_id.isna().all()
+    us = _table(lake / "user_segments")
+    assert (us.margin >= -1e-9).all()  # KMeans assigns the nearest centroid: the runner-up is never closer
+    assert (us.second_segment_id != us.segment_id).all()
+    with_text = us[us.n_texts > 0]
+    assert (with_text.matched_terms.map(len) > 0).mean() > 0.5
+    # Typical users are members of their segment.
+    members = dict(zip(us.user_id, us.segment_id))
+    assert all(members[u] == s for s, users in zip(seg.segment_id, seg.typical_users) for u in users)
+    report = Path(r.report_path)
+    assert report.exists() and report.parent == lake / "reports" and report.stat().st_size > 10_000
+
+
+@pytest.mark.slow
 def test_sample_recovers_planted_english_groups(sample_run):
     from sklearn.metrics import adjusted_rand_score
 
     _, lake = sample_run
     labels = pd.read_csv(SAMPLE / "labels.csv", dtype=str)
-    merged = _table(lake / "user_segments").merge(labels, on="user_id")
+    merged = _table(lake / "user_segments").drop(columns=["lang"]).merge(labels, on="user_id")
     planted = merged[merged.group != "noise"]
     en, zh = planted[planted.lang == "en"], planted[planted.lang == "zh"]
     ari_en = adjusted_rand_score(en.group, en.segment_id)
@@ -154,6 +182,19 @@ def test_bisecting_recency_no_events(spark, tmp_path, tiny_model):
     res = run(spark, conf)
     us = _table(tmp_path / "lake" / "user_segments")
     assert len(us) == 12 and res.counts["users_text_only"] == 12 and "events_read" not in res.counts
+    seg = _table(tmp_path / "lake" / "segments")
+    # Two leaves of a bisecting tree: both children of the root (-1).
+    assert list(seg.parent_id) == [-1, -1] and [list(x) for x in seg.lineage] == [[-1, 0], [-1, 1]]
+
+
+def test_failed_run_is_recorded(spark, tmp_path):
+    texts, _ = _write_small_inputs(tmp_path)
+    conf = _conf(tmp_path, run_id="f1", embed__model_path=str(tmp_path / "no-model"), input__texts__path=texts,
+                 input__events__path=None)
+    with pytest.raises(FileNotFoundError, match="model.path"):
+        run(spark, conf)
+    runs = _table(tmp_path / "lake" / "runs")
+    assert list(runs.status) == ["failed"] and "no-model" in runs.error[0]
 
 
 def test_cli_errors(spark, tmp_path, capsys):
