@@ -17,15 +17,15 @@ from udfs.text_clean import terms_udf
 def sizes(user_segments: DataFrame, typical_n: int = 5) -> DataFrame:
     """segment_id, size, share, mean_distance, texts_per_user and typical_users (the ids of
     the `typical_n` users closest to the centroid)."""
-    total = F.sum("size").over(Window.partitionBy())  # k rows: a global window is fine here
     rank = F.row_number().over(Window.partitionBy("segment_id").orderBy("distance", "user_id"))
     typical = (user_segments.withColumn("_r", rank).where(F.col("_r") <= typical_n).groupBy("segment_id")
                .agg(F.array_sort(F.collect_list(F.struct("_r", "user_id"))).alias("_t"))
                .select("segment_id", F.col("_t.user_id").alias("typical_users")))
+    total = user_segments.agg(F.count(F.lit(1)).alias("_total"))
     return (user_segments.groupBy("segment_id")
             .agg(F.count(F.lit(1)).alias("size"), F.avg("distance").alias("mean_distance"),
                  F.avg("n_texts").alias("texts_per_user"))
-            .withColumn("share", F.col("size") / total)
+            .crossJoin(F.broadcast(total)).withColumn("share", F.col("size") / F.col("_total")).drop("_total")
             .join(typical, "segment_id", "left"))
 
 
@@ -92,8 +92,11 @@ def behaviour(events: DataFrame, user_segments: DataFrame, n_categories: int = 3
     )
     cats = ev.where(F.col("category").isNotNull()).groupBy("segment_id", "category").agg(F.count(F.lit(1)).alias("n"))
     seg_share = F.col("n") / F.sum("n").over(Window.partitionBy("segment_id"))
-    overall = (F.sum("n").over(Window.partitionBy("category")) / F.sum("n").over(Window.partitionBy()))
-    cats = cats.withColumn("share", seg_share).withColumn("lift", F.col("share") / overall)
+    # Overall category shares come from a (categories x 1) aggregate, not a global window.
+    overall = (ev.where(F.col("category").isNotNull()).groupBy("category").agg(F.count(F.lit(1)).alias("_c"))
+               .withColumn("_overall", F.col("_c") / F.sum("_c").over(Window.partitionBy(F.lit(1)))).drop("_c"))
+    cats = (cats.withColumn("share", seg_share).join(F.broadcast(overall), "category")
+            .withColumn("lift", F.col("share") / F.col("_overall")).drop("_overall"))
     rank = F.row_number().over(Window.partitionBy("segment_id").orderBy(F.desc("n"), "category"))
     top = cats.withColumn("rank", rank).where(F.col("rank") <= n_categories).groupBy("segment_id").agg(
         F.array_sort(F.collect_list(F.struct("rank", "category", "share", "lift"))).alias("_c"))
