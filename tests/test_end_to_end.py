@@ -154,7 +154,7 @@ def _write_small_inputs(tmp_path) -> tuple[str, str]:
 def test_rerun_same_run_id_replaces_rows(spark, tmp_path, tiny_model):
     texts, events = _write_small_inputs(tmp_path)
     conf = _conf(tmp_path, run_id="r1", embed__model_path=tiny_model, input__texts__path=texts,
-                 input__events__path=events, cluster__k=2)
+                 input__events__path=events, cluster__k=2, cluster__stability_seeds=0)
     first = run(spark, conf)
     run(spark, conf)  # same run_id again
     lake = tmp_path / "lake"
@@ -167,6 +167,14 @@ def test_rerun_same_run_id_replaces_rows(spark, tmp_path, tiny_model):
     seg = dict(zip(us.user_id, us.segment_id))
     assert len({seg[f"a{i}"] for i in range(6)}) == 1 and len({seg[f"b{i}"] for i in range(6)}) == 1
     assert seg["a0"] != seg["b0"]
+    # Why is a0 where it is? (read back through the Delta log, no Spark)
+    from jobs.explain import explain, main as explain_main
+
+    e = explain(str(lake), "a0", "r1")
+    assert e["segment_id"] == seg["a0"] and e["second_segment_id"] == seg["b0"] and e["margin"] >= 0
+    assert set(e["matched_terms"]) <= set(e["segment_terms"])
+    assert explain_main(["--output", str(lake), "--user", "a0"]) == 0
+    assert explain_main(["--output", str(lake), "--user", "zz"]) == 1
     # A second run id adds its own rows next to the first run's.
     run(spark, {**conf, "run_id": "r2"})
     us = _table(lake / "user_segments")
@@ -178,8 +186,9 @@ def test_bisecting_recency_no_events(spark, tmp_path, tiny_model):
     texts, _ = _write_small_inputs(tmp_path)
     conf = _conf(tmp_path, run_id="b1", embed__model_path=tiny_model, input__texts__path=texts,
                  input__events__path=None, cluster__k=2, cluster__algorithm="bisecting",
-                 user_vectors__pooling="recency")
+                 user_vectors__pooling="recency", cluster__stability_seeds=0, output__report=False)
     res = run(spark, conf)
+    assert res.report_path is None  # output.report: false
     us = _table(tmp_path / "lake" / "user_segments")
     assert len(us) == 12 and res.counts["users_text_only"] == 12 and "events_read" not in res.counts
     seg = _table(tmp_path / "lake" / "segments")

@@ -1,0 +1,87 @@
+"""seglake-explain: why is this user in that segment?
+
+Reads the Delta tables through their logs (deltalake, no Spark needed) and prints, for one
+user of a succeeded run: the segment and its name, the distance to its centroid, the
+runner-up segment and the margin between them, and the user's own words that match the
+segment's distinctive terms.
+
+    seglake-explain --output lakehouse --user u0000042 [--run-id demo]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import pyarrow.compute as pc
+
+
+def _table(path: str, run_id: str, columns: list[str] | None = None):
+    from deltalake import DeltaTable
+
+    return DeltaTable(path).to_pyarrow_table(filters=[("run_id", "=", run_id)], columns=columns)
+
+
+def latest_succeeded_run(output: str) -> str:
+    """The newest run whose status is succeeded (readers must ignore the others)."""
+    from deltalake import DeltaTable
+
+    runs = DeltaTable(f"{output}/runs").to_pyarrow_table(columns=["run_id", "status", "finished_at"])
+    ok = runs.filter(pc.equal(runs["status"], "succeeded"))
+    if ok.num_rows == 0:
+        raise LookupError(f"no succeeded run under {output}")
+    return ok.sort_by([("finished_at", "descending")])["run_id"][0].as_py()
+
+
+def explain(output: str, user_id: str, run_id: str | None = None) -> dict:
+    """The explanation as a dict (see the module docstring)."""
+    run_id = run_id or latest_succeeded_run(output)
+    users = _table(f"{output}/user_segments", run_id)
+    row = users.filter(pc.equal(users["user_id"], user_id))
+    if row.num_rows == 0:
+        raise LookupError(f"user {user_id!r} is not in run {run_id} (quarantined rows are in {output}/quarantine)")
+    u = row.to_pylist()[0]
+    segs = {s["segment_id"]: s for s in _table(f"{output}/segments", run_id,
+                                                ["segment_id", "name", "size", "top_terms"]).to_pylist()}
+    own, second = segs[u["segment_id"]], segs.get(u["second_segment_id"])
+    return {
+        "run_id": run_id, "user_id": user_id,
+        "segment_id": u["segment_id"], "segment_name": own["name"], "segment_size": own["size"],
+        "distance": u["distance"],
+        "second_segment_id": u["second_segment_id"], "second_segment_name": second["name"] if second else None,
+        "second_distance": u["second_distance"], "margin": u["margin"],
+        "matched_terms": u["matched_terms"] or [], "segment_terms": own["top_terms"] or [],
+        "n_texts": u["n_texts"], "n_events": u["n_events"],
+    }
+
+
+def render(e: dict) -> str:
+    lines = [
+        f"user {e['user_id']} (run {e['run_id']}; {e['n_texts']} texts, {e['n_events']} events)",
+        f"  segment   {e['segment_id']}: {e['segment_name']} ({e['segment_size']} users)",
+        f"  distance  {e['distance']:.4f} to its centroid",
+    ]
+    if e["second_segment_id"] is not None:
+        lines.append(f"  runner-up {e['second_segment_id']}: {e['second_segment_name']} at {e['second_distance']:.4f} "
+                     f"(margin {e['margin']:.4f}{'; borderline' if e['margin'] < 0.05 * e['second_distance'] else ''})")
+    words = ", ".join(e["matched_terms"]) or "none (placed by behaviour and overall wording)"
+    lines.append(f"  matching segment terms: {words}")
+    lines.append(f"  segment terms: {', '.join(e['segment_terms'][:10])}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="seglake-explain", description="Explain one user's segment.")
+    p.add_argument("--output", default="lakehouse", help="output root of the segmentation job (default lakehouse)")
+    p.add_argument("--user", required=True, help="user_id to explain")
+    p.add_argument("--run-id", help="run to read (default: the latest succeeded run)")
+    args = p.parse_args(argv)
+    try:
+        print(render(explain(args.output, args.user, args.run_id)))
+    except (LookupError, FileNotFoundError) as exc:
+        print(f"seglake-explain: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
