@@ -22,7 +22,8 @@ class InputError(ValueError):
     """Input cannot be read as configured (missing file, missing column, bad format)."""
 
 
-def _is_local(path: str) -> bool:
+def is_local_path(path: str) -> bool:
+    """True for plain file-system paths (not s3://, abfss://, dbfs:, ...)."""
     return "://" not in path and not path.startswith("dbfs:")
 
 
@@ -30,7 +31,7 @@ def read_source(spark: SparkSession, path: str, fmt: str, options: dict | None =
                 engine: str = "auto", name: str = "input") -> DataFrame:
     """Read one input. CSV/JSON are read as strings with malformed lines kept in
     `_corrupt_record` (PERMISSIVE), so parsing and validation happen explicitly later."""
-    if _is_local(path) and not os.path.exists(path):
+    if is_local_path(path) and not os.path.exists(path):
         raise InputError(f"{name} input not found: {path}")
     options = {str(k): str(v) for k, v in (options or {}).items()}
     if fmt == "csv":

@@ -36,6 +36,7 @@ from jobs.clean import clean_texts
 from jobs.embed import embed_texts
 from jobs.session import build_session
 from jobs.user_vectors import build_user_vectors
+from udfs.embedding import resolve_model_path
 
 log = logging.getLogger("seglake")
 TABLES = ("user_segments", "segments", "k_selection", "quarantine", "runs")
@@ -170,8 +171,6 @@ def run(spark: SparkSession, conf: dict) -> RunResult:
     try:
         # Fail before any work when the model directory is missing (the executors would
         # otherwise each fail the same way, later, with a less direct error).
-        from udfs.embedding import resolve_model_path
-
         resolve_model_path(ec["model_path"])
         with stage("ingest", timings):
             ts_fmt = conf["input"]["timestamp_format"]
@@ -322,8 +321,6 @@ def _projection(assigned: DataFrame, seed: int) -> list[dict]:
 
 def _run_facts(conf: dict, res: RunResult, started: datetime) -> dict:
     """The run as plain values: the runs-table row and the report header share it."""
-    from udfs.embedding import resolve_model_path
-
     try:
         embed_model = resolve_model_path(conf["embed"]["model_path"])
     except Exception:  # noqa: BLE001 - a bad model path is the error being recorded
@@ -353,7 +350,7 @@ def _write_report(conf: dict, res: RunResult, started: datetime, projection: lis
 
     html = report.render_report(_run_facts(conf, res, started), res.k_selection, res.segments, projection)
     path = f"{res.output}/reports/{res.run_id}.html"
-    if ingest._is_local(path):
+    if ingest.is_local_path(path):
         return report.write_report(html, path)
     from pyarrow import fs as pafs
 
