@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
         "threads_per_task": None,  # None: spark.task.cpus
         "partitions": None,  # None: 2 x default parallelism
         "dedupe": True,
+        "cache": True,  # reuse vectors from <output>/text_embeddings for the same model id
     },
     "user_vectors": {
         "pooling": "mean",
@@ -166,6 +167,7 @@ def validate(conf: dict) -> None:
     mp = conf["embed"]["model_path"]
     _check(mp is None or isinstance(mp, str), "embed.model_path", "must be a directory path or null")
     _choice(conf, "embed.device", ("auto", "cpu", "cuda"))
+    _check(isinstance(conf["embed"]["cache"], bool), "embed.cache", "must be true or false")
     _choice(conf, "embed.precision", ("auto", "fp32", "fp16", "bf16"))
     _choice(conf, "user_vectors.pooling", ("mean", "recency"))
     hl = conf["user_vectors"]["half_life_days"]

@@ -39,3 +39,37 @@ def embed_texts(
     vectors = (df.select(text_col).where(F.col(text_col).isNotNull()).repartition(n, text_col).distinct()
                .withColumn(out_col, udf(F.col(text_col))))
     return df.join(vectors, on=text_col, how="left")
+
+
+def embed_with_cache(
+    df: DataFrame,
+    cache: DataFrame | None,
+    model_path: str | None = None,
+    *,
+    text_col: str = "text_clean",
+    out_col: str = "embedding",
+    partitions: int | None = None,
+    **settings,
+) -> tuple[DataFrame, DataFrame]:
+    """Embed only the distinct texts that `cache` (rows of the text_embeddings table for
+    this model id: text_hash, embedding) does not hold yet.
+
+    Returns (hits, new): both (text_hash, `text_col`, `out_col`) for distinct texts; `new`
+    ran through the model. The caller persists `new` (it is the expensive part), appends it
+    to the cache and joins hits + new back onto its rows. Texts are keyed by the SHA-256 of
+    the cleaned text, so the cache never stores raw text.
+    """
+    spark = df.sparkSession
+    n = partitions or max(2 * spark.sparkContext.defaultParallelism, 2)
+    texts = (df.select(text_col).where(F.col(text_col).isNotNull()).distinct()
+             .withColumn("text_hash", F.sha2(F.col(text_col), 256)))
+    udf = embed_udf(model_path, **settings)
+    if cache is None:
+        hits = texts.withColumn(out_col, F.lit(None).cast("array<float>")).limit(0)
+        missing = texts
+    else:
+        vectors = cache.select("text_hash", F.col("embedding").alias(out_col)).dropDuplicates(["text_hash"])
+        hits = texts.join(vectors, "text_hash")
+        missing = texts.join(vectors.select("text_hash"), "text_hash", "left_anti")
+    new = missing.repartition(n, "text_hash").withColumn(out_col, udf(F.col(text_col)))
+    return hits.select("text_hash", text_col, out_col), new.select("text_hash", text_col, out_col)

@@ -33,13 +33,13 @@ from pyspark.sql import functions as F
 
 from jobs import cluster, config, delta_io, ingest, metrics, profile, summary
 from jobs.clean import clean_texts
-from jobs.embed import embed_texts
+from jobs.embed import embed_texts, embed_with_cache
 from jobs.session import build_session
 from jobs.user_vectors import build_user_vectors
-from udfs.embedding import resolve_model_path
+from udfs.embedding import model_id, resolve_model_path
 
 log = logging.getLogger("seglake")
-TABLES = ("user_segments", "segments", "k_selection", "quarantine", "runs")
+TABLES = ("user_segments", "segments", "k_selection", "quarantine", "text_embeddings", "runs")
 QUALITY = ("wssse", "davies_bouldin", "calinski_harabasz", "min_share", "max_share", "size_entropy")
 K_COLUMNS = ("k", "silhouette", "cost", *QUALITY, "sample_size", "chosen")
 K_SCHEMA = ("run_id string, k int, silhouette double, cost double, wssse double, davies_bouldin double, "
@@ -197,15 +197,22 @@ def run(spark: SparkSession, conf: dict) -> RunResult:
                                         f"(all {counts['texts_read']} rows quarantined: {reasons})")
 
         with stage("embed", timings):
-            embedded = keep(kept_texts.transform(
-                embed_texts, ec["model_path"], batch_size=ec["batch_size"], token_budget=ec["token_budget"],
-                max_tokens=ec["max_tokens"], device=ec["device"], precision=ec["precision"],
-                threads_per_task=ec["threads_per_task"], partitions=ec["partitions"], dedupe=ec["dedupe"]))
+            settings = dict(batch_size=ec["batch_size"], token_budget=ec["token_budget"], max_tokens=ec["max_tokens"],
+                            device=ec["device"], precision=ec["precision"])
+            if ec["cache"]:
+                embedded = keep(_embed_cached(spark, kept_texts, tables["text_embeddings"], run_id, engine, ec,
+                                              settings, counts, keep))
+            else:
+                embedded = keep(kept_texts.transform(
+                    embed_texts, ec["model_path"], threads_per_task=ec["threads_per_task"],
+                    partitions=ec["partitions"], dedupe=ec["dedupe"], **settings))
             row = embedded.agg(F.count(F.lit(1)).alias("n"), F.countDistinct("text_clean").alias("d"),
                                F.max(F.size("embedding")).alias("dim")).first()
             counts["texts_embedded"], counts["texts_embedded_distinct"] = int(row["n"]), int(row["d"])
+            counts.setdefault("texts_embedded_new", counts["texts_embedded_distinct"])
             text_dim = int(row["dim"])
-        embed_rate = counts["texts_embedded_distinct"] / max(timings["embed"], 1e-9)
+        # Texts/s through the model (cache hits are not counted: they cost no inference).
+        embed_rate = counts["texts_embedded_new"] / max(timings["embed"], 1e-9)
 
         with stage("user_vectors", timings):
             users, feature_params = build_user_vectors(
@@ -305,6 +312,32 @@ def run(spark: SparkSession, conf: dict) -> RunResult:
             df.unpersist()
 
 
+def _embed_cached(spark: SparkSession, texts: DataFrame, cache_path: str, run_id: str, engine: str, ec: dict,
+                  settings: dict, counts: dict[str, int], keep) -> DataFrame:
+    """The embed stage with the `text_embeddings` cache: embed only distinct texts whose hash
+    is not cached for this model id, append them to the cache (in this run's partition, so a
+    rerun of the run replaces rather than duplicates), and join all vectors back."""
+    mid = model_id(ec["model_path"], ec["max_tokens"], ec["precision"])
+    cache = None
+    if delta_io.table_exists(cache_path):
+        cache = delta_io.read_table(spark, cache_path, engine=engine).where(F.col("model_id") == mid)
+    hits, new = embed_with_cache(texts, cache, ec["model_path"], partitions=ec["partitions"],
+                                 threads=ec["threads_per_task"], **settings)
+    new = keep(new)
+    counts["texts_embedded_new"] = new.count()  # runs the model, once
+    rows = new.select(F.lit(run_id).alias("run_id"), F.lit(mid).alias("model_id"), "text_hash", "embedding",
+                      F.current_timestamp().alias("created_at"))
+    if cache is not None:
+        # Rewriting this run's partition must keep what an earlier attempt of the run cached.
+        own = keep(cache.where(F.col("run_id") == run_id).select(*rows.columns))
+        own.count()
+        rows = own.unionByName(rows)
+    delta_io.write_run(rows, cache_path, run_id, engine=engine)
+    counts["texts_embedding_cache_hits"] = counts.get("texts_embedding_cache_hits", 0) + hits.count()
+    vectors = hits.unionByName(new).select("text_clean", "embedding")
+    return texts.join(vectors, "text_clean", "left")
+
+
 def _projection(assigned: DataFrame, seed: int) -> list[dict]:
     """PCA (Spark ML) of a sample of user vectors to 2-D, for the report's scatter plot."""
     from pyspark.ml.feature import PCA
@@ -332,6 +365,7 @@ def _run_facts(conf: dict, res: RunResult, started: datetime) -> dict:
         "events_read": c.get("events_read"), "events_kept": c.get("events_kept"),
         "quarantined": c.get("quarantined"), "quarantine_reasons": res.reasons,
         "texts_embedded_distinct": c.get("texts_embedded_distinct"),
+        "texts_embedded_new": c.get("texts_embedded_new"),
         "users": c.get("users"), "users_text_only": c.get("users_text_only"),
         "users_events_only": c.get("users_events_only"),
         "algorithm": conf["cluster"]["algorithm"], "distance": conf["cluster"]["distance"],
@@ -385,7 +419,7 @@ def _write_runs_row(spark: SparkSession, conf: dict, res: RunResult, started: da
     schema = (
         "run_id string, status string, error string, started_at timestamp, finished_at timestamp, conf string, "
         "texts_read long, texts_kept long, events_read long, events_kept long, quarantined long, "
-        "quarantine_reasons map<string,long>, texts_embedded_distinct long, users long, users_text_only long, "
+        "quarantine_reasons map<string,long>, texts_embedded_distinct long, texts_embedded_new long, users long, users_text_only long, "
         "users_events_only long, algorithm string, distance string, k int, silhouette double, cost double, "
         "wssse double, davies_bouldin double, calinski_harabasz double, min_share double, max_share double, "
         "size_entropy double, stability_ari double, stable boolean, "

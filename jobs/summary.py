@@ -21,7 +21,10 @@ def render(res: Any) -> str:
         lines.append(f"    {reason:<40} {n:>6}")
     lines.append(f"users {c['users']} ({c.get('users_text_only', 0)} without events, "
                  f"{c.get('users_events_only', 0)} without texts); "
-                 f"{c['texts_embedded_distinct']} distinct texts embedded at {res.embed_texts_per_s:.0f} texts/s")
+                 f"{c['texts_embedded_distinct']} distinct texts: {c.get('texts_embedded_new', 0)} embedded"
+                 + (f" at {res.embed_texts_per_s:.0f} texts/s" if c.get("texts_embedded_new") else "")
+                 + (f", {c['texts_embedding_cache_hits']} from the embedding cache"
+                    if c.get("texts_embedding_cache_hits") else ""))
     if res.k_selection:
         lines.append("k selection on a sample (best silhouette, then the smallest k within tolerance):")
         lines.append(f"    {'k':>3} {'silhouette':>10} {'Davies-B.':>9} {'Calinski-H.':>11} {'min share':>9}")

@@ -55,3 +55,33 @@ def test_parity_with_sentence_transformers_real_model():
     ref = SentenceTransformer(path, device="cpu").encode(texts, normalize_embeddings=True, batch_size=3)
     assert ours.shape == ref.shape == (len(texts), 384)
     assert np.abs(ours - ref).max() < 1e-5
+
+
+def test_model_id_follows_content_and_settings(tiny_model, tmp_path):
+    import shutil
+
+    from udfs.embedding import model_id
+
+    base = model_id(tiny_model)
+    assert base == model_id(tiny_model) and base != model_id(tiny_model, max_tokens=16)
+    assert base != model_id(tiny_model, precision="fp16")
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model, copy)
+    (copy / "README.md").write_text("docs do not change vectors")
+    assert model_id(str(copy)).split("-")[-3] == base.split("-")[-3]  # same content, same id
+    cfg = (copy / "config.json").read_text()
+    (copy / "config.json").write_text(cfg.replace('"hidden_act"', '"layer_norm_eps": 1e-6, "hidden_act"', 1))
+    assert model_id(str(copy)).split("-")[-3] != base.split("-")[-3]  # a new revision, a new id
+
+
+def test_embed_with_cache_embeds_only_missing(spark, tiny_model):
+    from pyspark.sql import functions as F
+
+    from jobs.embed import embed_with_cache
+
+    df = spark.createDataFrame([(t,) for t in TEXTS], "text_clean string")
+    hits, new = embed_with_cache(df, None, tiny_model, partitions=2)
+    assert hits.count() == 0 and new.count() == len(set(TEXTS))
+    cache = new.select("text_hash", "embedding").where(F.col("text_clean") != "ok")
+    hits, new = embed_with_cache(df, cache, tiny_model, partitions=2)
+    assert [r.text_clean for r in new.collect()] == ["ok"] and hits.count() == len(set(TEXTS)) - 1

@@ -156,8 +156,15 @@ def test_rerun_same_run_id_replaces_rows(spark, tmp_path, tiny_model):
     conf = _conf(tmp_path, run_id="r1", embed__model_path=tiny_model, input__texts__path=texts,
                  input__events__path=events, cluster__k=2, cluster__stability_seeds=0)
     first = run(spark, conf)
-    run(spark, conf)  # same run_id again
+    again = run(spark, conf)  # same run_id again
     lake = tmp_path / "lake"
+    # Embedding cache: the first run embedded the 4 distinct texts, the rerun reused them all
+    # and rewrote its cache partition without losing or duplicating a vector.
+    assert (first.counts["texts_embedded_new"], again.counts["texts_embedded_new"]) == (4, 0)
+    assert again.counts["texts_embedding_cache_hits"] == 4
+    cache = _table(lake / "text_embeddings")
+    assert len(cache) == cache.text_hash.nunique() == 4 and cache.model_id.nunique() == 1
+    assert "great dress fit soft fabric" not in cache.astype(str).to_csv()  # hashes, not texts
     us, q, runs = _table(lake / "user_segments"), _table(lake / "quarantine"), _table(lake / "runs")
     assert len(us) == us.user_id.nunique() == 13  # a0-5, b0-5 and the events-only e1
     assert len(runs) == 1 and len(q) == 4 and len(_table(lake / "segments")) == 2
@@ -176,8 +183,13 @@ def test_rerun_same_run_id_replaces_rows(spark, tmp_path, tiny_model):
     assert explain_main(["--output", str(lake), "--user", "a0"]) == 0
     assert explain_main(["--output", str(lake), "--user", "zz"]) == 1
     # A second run id adds its own rows next to the first run's.
-    run(spark, {**conf, "run_id": "r2"})
+    third = run(spark, {**conf, "run_id": "r2"})
+    assert third.counts["texts_embedded_new"] == 0 and len(_table(lake / "text_embeddings")) == 4
+    # Same texts, same vectors: the segments of r2 equal r1's.
     us = _table(lake / "user_segments")
+    r1 = us[us.run_id == "r1"].set_index("user_id").segment_id
+    r2 = us[us.run_id == "r2"].set_index("user_id").segment_id
+    assert (r1.sort_index() == r2.sort_index()).all()
     assert us.groupby("run_id").size().to_dict() == {"r1": 13, "r2": 13}
     assert sorted(_table(lake / "runs").run_id) == ["r1", "r2"]
 

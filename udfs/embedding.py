@@ -49,6 +49,30 @@ def model_max_tokens(path: str, fallback: int = 512) -> int:
     return fallback
 
 
+def model_id(path: str | None, max_tokens: int | None = None, precision: str = "auto") -> str:
+    """A stable id for "these vectors": the model directory's content (weights, config,
+    tokenizer; README files ignored), the truncation length and the precision setting.
+    A new revision of the model, or the same files elsewhere with other settings, gets
+    another id, so cached vectors of different models are never mixed."""
+    import hashlib
+
+    path = resolve_model_path(path)
+    digest = hashlib.sha256()
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            if name.lower().startswith("readme"):
+                continue
+            full = os.path.join(root, name)
+            digest.update(os.path.relpath(full, path).encode())
+            with open(full, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+    limit = max_tokens or model_max_tokens(path)
+    name = os.path.basename(os.path.normpath(path)) or "model"
+    return f"{name}-{digest.hexdigest()[:16]}-t{limit}-{precision}"
+
+
 def _pick_device(device: str) -> str:
     import torch
 
