@@ -50,5 +50,5 @@ def render(res: Any) -> str:
         lines.append(f"report: {res.report_path}")
     lines.append("tables:")
     for name, path in res.tables.items():
-        lines.append(f"    {name:<14} {path}")
+        lines.append(f"    {name:<16} {path}")
     return "\n".join(lines)
