@@ -227,13 +227,25 @@ def run_job(spark, work: str, name: str, texts_csv: str, events_csv: str | None,
     return seg, res
 
 
+
+def _kmeans_segments(users, k: int):
+    """KMeans as the job fits it (same seed, restarts, iterations) on a cached (user_id,
+    features) frame; returns (segment per user_id, silhouette) and releases the cache."""
+    from jobs import cluster
+
+    model = cluster.fit(users, k, seed=SEED, max_iter=MAX_ITER, n_init=N_INIT)
+    pred = model.transform(users).cache()
+    sil = cluster.silhouette(pred)
+    seg = pred.select("user_id", "segment_id").toPandas().set_index("user_id")["segment_id"]
+    pred.unpersist()
+    users.unpersist()
+    return seg, sil
+
 def tfidf_segments(spark, texts: pd.DataFrame, k: int):
     """Classical baseline: one document per user (its texts pooled), TF-IDF, L2, KMeans."""
     from pyspark.ml import Pipeline
     from pyspark.ml.feature import IDF, HashingTF, Normalizer, RegexTokenizer, StopWordsRemover
     from pyspark.sql import functions as F
-
-    from jobs import cluster
 
     docs = (spark.createDataFrame(texts[["user_id", "text"]])
             .groupBy("user_id").agg(F.concat_ws(" ", F.collect_list("text")).alias("doc")))
@@ -246,13 +258,7 @@ def tfidf_segments(spark, texts: pd.DataFrame, k: int):
     ])
     users = pipe.fit(docs).transform(docs).select("user_id", "features").cache()
     users.count()
-    model = cluster.fit(users, k, seed=SEED, max_iter=MAX_ITER, n_init=N_INIT)
-    pred = model.transform(users).cache()
-    sil = cluster.silhouette(pred)
-    seg = pred.select("user_id", "segment_id").toPandas().set_index("user_id")["segment_id"]
-    pred.unpersist()
-    users.unpersist()
-    return seg, sil
+    return _kmeans_segments(users, k)
 
 
 def behaviour_only_segments(spark, events: pd.DataFrame, k: int, n_categories: int):
@@ -285,18 +291,10 @@ def genre_share_segments(spark, events: pd.DataFrame, k: int):
     """Plain genre-profile vectors (share of a user's rating-genre events per genre), KMeans."""
     from pyspark.ml.linalg import Vectors
 
-    from jobs import cluster
-
     shares = pd.crosstab(events["user_id"], events["category"], normalize="index")
     rows = [(u, Vectors.dense(v)) for u, v in zip(shares.index, shares.to_numpy())]
     users = spark.createDataFrame(rows, ["user_id", "features"]).cache()
-    model = cluster.fit(users, k, seed=SEED, max_iter=MAX_ITER, n_init=N_INIT)
-    pred = model.transform(users).cache()
-    sil = cluster.silhouette(pred)
-    seg = pred.select("user_id", "segment_id").toPandas().set_index("user_id")["segment_id"]
-    pred.unpersist()
-    users.unpersist()
-    return seg, sil
+    return _kmeans_segments(users, k)
 
 
 def fusion_diagnostic(text_res, fused_res, weight: float) -> dict:
