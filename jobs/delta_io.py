@@ -163,6 +163,16 @@ def _schema_differences(table: StructType, data: StructType) -> list[str]:
     return diffs
 
 
+def _only_new_columns(table: StructType, data: StructType) -> list[str]:
+    """Names of data columns the table lacks, when that is the only difference; else []."""
+    names = {f.name for f in table.fields}
+    new = [f.name for f in data.fields if f.name not in names]
+    if not new:
+        return []
+    kept = StructType([f for f in data.fields if f.name in names])
+    return new if not _schema_differences(table, kept) else []
+
+
 def _nullable_arrow_type(t: pa.DataType) -> pa.DataType:
     """Arrow type with every nested field nullable (map keys excepted: they cannot be null)."""
     if pa.types.is_struct(t):
@@ -449,7 +459,8 @@ def _check_existing(dt: Any, path: str, data_schema: StructType, partition_by: s
     _require_delta_rs_writable(dt, path)
 
 
-def _write_run_delta_rs(df: DataFrame, path: str, run_id: str, partition_by: str) -> int:
+def _write_run_delta_rs(df: DataFrame, path: str, run_id: str, partition_by: str,
+                        add_new_columns: bool = True) -> int:
     from deltalake import DeltaTable
     from deltalake import Schema as DeltaSchema
     from deltalake.transaction import AddAction, create_table_with_add_actions
@@ -462,8 +473,16 @@ def _write_run_delta_rs(df: DataFrame, path: str, run_id: str, partition_by: str
 
     existed = DeltaTable.is_deltatable(uri)
     if existed:
+        dt = DeltaTable(uri, without_files=True)
+        new = _only_new_columns(_delta_schema_as_spark(dt.schema()), data_schema) if add_new_columns else []
+        if new:
+            # Additive evolution, explicitly: one schema commit adds the new nullable
+            # columns (older rows read them as null), then the data commit follows.
+            _require_delta_rs_writable(dt, path)
+            dt.alter.add_columns([f for f in delta_schema.fields if f.name in new])
+            dt = DeltaTable(uri, without_files=True)
         # Checked before any file is written; the notes saw mismatches committed silently.
-        _check_existing(DeltaTable(uri, without_files=True), path, data_schema, partition_by)
+        _check_existing(dt, path, data_schema, partition_by)
 
     file_schema = pa.schema([f for f in arrow_schema if f.name != partition_by])
     writer_fn = _make_partition_writer(uri, run_id, partition_by, file_schema)
@@ -571,7 +590,8 @@ def _native_schema_or_none(spark: SparkSession, path: str) -> StructType | None:
         return None
 
 
-def _write_run_native(df: DataFrame, path: str, run_id: str, partition_by: str) -> int:
+def _write_run_native(df: DataFrame, path: str, run_id: str, partition_by: str,
+                      add_new_columns: bool = True) -> int:
     spark = df.sparkSession
     existing = _native_schema_or_none(spark, path)
     writer = df.write.format("delta").partitionBy(partition_by)
@@ -581,7 +601,9 @@ def _write_run_native(df: DataFrame, path: str, run_id: str, partition_by: str) 
         writer.mode("append").save(path)
     else:
         diffs = _schema_differences(existing, df.schema)
-        if diffs:
+        if diffs and add_new_columns and _only_new_columns(existing, df.schema):
+            writer = writer.option("mergeSchema", "true")  # additive evolution only
+        elif diffs:
             raise DeltaSchemaMismatch(path, diffs)
         writer.mode("overwrite").option("replaceWhere", f"`{partition_by}` = '{run_id}'").save(path)
     # Count from the committed partition instead of df.count(): no second pass over df's lineage.
@@ -594,14 +616,18 @@ def _write_run_native(df: DataFrame, path: str, run_id: str, partition_by: str) 
 
 
 def write_run(
-    df: DataFrame, path: str, run_id: str, *, engine: str = "auto", partition_by: str = "run_id"
+    df: DataFrame, path: str, run_id: str, *, engine: str = "auto", partition_by: str = "run_id",
+    add_new_columns: bool = True,
 ) -> int:
     """Atomically replace run `run_id`'s rows in the Delta table at `path` with `df`.
 
     One commit; creates the table (partitioned by `partition_by`) if missing; other runs'
     rows are untouched; returns the number of rows written. Raises ValueError for a bad
     run_id or rows of another run, DeltaSchemaMismatch (before committing) when df's schema
-    differs from the existing table's.
+    differs from the existing table's. With `add_new_columns`, columns that df has and the
+    table lacks are added to the table first (nullable; earlier rows read them as null):
+    that is how a newer SegLake writes into tables of an older one. Missing or retyped
+    columns are always refused.
     """
     _check_run_id(run_id)
     if not _PARTITION_COL_RE.fullmatch(partition_by):
@@ -612,8 +638,8 @@ def write_run(
         raise ValueError(f"partition column {partition_by!r} must be a string column (it holds run ids)")
     resolved = resolve_engine(df.sparkSession, engine)
     if resolved == "native":
-        return _write_run_native(df, path, run_id, partition_by)
-    return _write_run_delta_rs(df, path, run_id, partition_by)
+        return _write_run_native(df, path, run_id, partition_by, add_new_columns)
+    return _write_run_delta_rs(df, path, run_id, partition_by, add_new_columns)
 
 
 def read_table(spark: SparkSession, path: str, *, engine: str = "auto") -> DataFrame:

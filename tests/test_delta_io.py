@@ -148,7 +148,7 @@ def test_schema_mismatch_commits_nothing(spark, tmp_path, change, expected):
     write_run(_basic_df(spark, "r1", 3), path, "r1")
     before = sorted(p.relative_to(path) for p in Path(path).rglob("*"))
     with pytest.raises(DeltaSchemaMismatch) as err:
-        write_run(change(_basic_df(spark, "r2", 2)), path, "r2")
+        write_run(change(_basic_df(spark, "r2", 2)), path, "r2", add_new_columns=False)
     assert path in str(err.value)
     for part in expected:
         assert part in str(err.value)
@@ -158,6 +158,24 @@ def test_schema_mismatch_commits_nothing(spark, tmp_path, change, expected):
     # Column order alone is not a mismatch.
     reordered = _basic_df(spark, "r2", 2).select("score", "name", "user_id", "run_id")
     assert write_run(reordered, path, "r2") == 2
+
+
+def test_new_columns_are_added_explicitly(spark, tmp_path):
+    """A newer writer adds a column: the table gains it (nullable), older rows read null."""
+    path = str(tmp_path / "t")
+    write_run(_basic_df(spark, "r1", 3), path, "r1")
+    newer = _basic_df(spark, "r2", 2).withColumn("extra", F.lit(7).cast("long"))
+    assert write_run(newer, path, "r2") == 2
+    assert _version(path) == 2  # one schema commit, one data commit
+    rows = {(r["run_id"], r["extra"]) for r in _delta_rows(path)}
+    assert rows == {("r1", None), ("r2", 7)}
+    back = read_table(spark, path).groupBy("run_id").agg(F.max("extra").alias("m")).orderBy("run_id").collect()
+    assert [(r.run_id, r.m) for r in back] == [("r1", None), ("r2", 7)]
+    # Missing or retyped columns stay refused even with evolution on.
+    with pytest.raises(DeltaSchemaMismatch):
+        write_run(_basic_df(spark, "r3", 1), path, "r3")  # lacks 'extra' now
+    with pytest.raises(DeltaSchemaMismatch):
+        write_run(newer.withColumn("extra", F.lit("x")), path, "r2")
 
 
 def test_schema_is_nullable(spark, tmp_path):
