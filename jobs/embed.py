@@ -7,6 +7,12 @@ from pyspark.sql import functions as F
 from udfs.embedding import embed_udf
 
 
+def _partitions(df: DataFrame, partitions: int | None) -> int:
+    """Tasks for the embed stage: as configured, else 2 x default parallelism (a small input
+    file is often a single partition, which would leave cores idle)."""
+    return partitions or max(2 * df.sparkSession.sparkContext.defaultParallelism, 2)
+
+
 def embed_texts(
     df: DataFrame,
     model_path: str | None = None,
@@ -26,11 +32,9 @@ def embed_texts(
 
     With `dedupe`, each distinct text is embedded once and joined back: identical
     reviews and copy-pasted comments are common, and the model is the expensive part.
-    The texts are spread over `partitions` tasks (default 2 x parallelism) because a
-    small input file is often a single partition, which would leave cores idle.
+    The texts are spread over `partitions` tasks (see `_partitions`).
     """
-    spark = df.sparkSession
-    n = partitions or max(2 * spark.sparkContext.defaultParallelism, 2)
+    n = _partitions(df, partitions)
     udf = embed_udf(model_path, batch_size, token_budget, max_tokens, device, precision, threads_per_task)
     if not dedupe:
         return df.repartition(n).withColumn(out_col, udf(F.col(text_col)))
@@ -59,8 +63,7 @@ def embed_with_cache(
     to the cache and joins hits + new back onto its rows. Texts are keyed by the SHA-256 of
     the cleaned text, so the cache never stores raw text.
     """
-    spark = df.sparkSession
-    n = partitions or max(2 * spark.sparkContext.defaultParallelism, 2)
+    n = _partitions(df, partitions)
     texts = (df.select(text_col).where(F.col(text_col).isNotNull()).distinct()
              .withColumn("text_hash", F.sha2(F.col(text_col), 256)))
     udf = embed_udf(model_path, **settings)

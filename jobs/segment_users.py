@@ -210,6 +210,9 @@ def run(spark: SparkSession, conf: dict) -> RunResult:
                                F.max(F.size("embedding")).alias("dim")).first()
             counts["texts_embedded"], counts["texts_embedded_distinct"] = int(row["n"]), int(row["d"])
             counts.setdefault("texts_embedded_new", counts["texts_embedded_distinct"])
+            # Every distinct text either went through the model or came from the cache.
+            counts["texts_embedding_cache_hits"] = (counts["texts_embedded_distinct"]
+                                                    - counts["texts_embedded_new"])
             text_dim = int(row["dim"])
         # Texts/s through the model (cache hits are not counted: they cost no inference).
         embed_rate = counts["texts_embedded_new"] / max(timings["embed"], 1e-9)
@@ -333,7 +336,6 @@ def _embed_cached(spark: SparkSession, texts: DataFrame, cache_path: str, run_id
         own.count()
         rows = own.unionByName(rows)
     delta_io.write_run(rows, cache_path, run_id, engine=engine)
-    counts["texts_embedding_cache_hits"] = counts.get("texts_embedding_cache_hits", 0) + hits.count()
     vectors = hits.unionByName(new).select("text_clean", "embedding")
     return texts.join(vectors, "text_clean", "left")
 
