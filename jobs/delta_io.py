@@ -1,13 +1,14 @@
-"""Write and read SegLake's Delta tables, one run partition at a time.
+"""Write and read SegLake's Delta tables: one run partition at a time (write_run), the whole
+table (overwrite_table), or by key (merge); read any version (read_table, time travel).
 
 Two engines:
 
 * ``native``   - Spark's own Delta data source (Databricks, or clusters whose image carries the
-  Delta jars): ``format("delta")`` with ``replaceWhere`` on the run partition.
+  Delta jars): ``format("delta")`` with ``replaceWhere`` on the run partition, ``MERGE INTO``.
 * ``delta-rs`` - for everywhere else (local runs, tests, CI): Spark executors write plain Parquet
-  files with pyarrow (``mapInArrow``), the driver commits them with one ``deltalake`` transaction.
-  Reading goes through the Delta log (``deltalake``) and hands the active files to Spark's
-  Parquet reader.
+  files with pyarrow (``mapInArrow``), the driver commits them with one ``deltalake`` transaction
+  (merge: ``deltalake`` merges on the driver). Reading goes through the Delta log (``deltalake``)
+  and hands the active files to Spark's Parquet reader.
 
 ``deltalake`` is imported only inside driver-side functions: it is not fork-safe, and Spark's
 Python daemon forks the workers that import this module to run the Parquet writer.
@@ -20,6 +21,7 @@ import os
 import re
 import time
 import uuid
+from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 from urllib.parse import unquote, urlparse
 
@@ -35,7 +37,8 @@ ENGINES = ("auto", "native", "delta-rs")
 
 # Run ids become folder names (run_id=<id>) and go into SQL predicates: keep them boring.
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_PARTITION_COL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Partition, key and filter columns go into SQL predicates too: plain names only.
+_COLUMN_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # Parquet file layout written by the executors.
 TARGET_FILE_BYTES = 128 * 1024 * 1024  # roll to a new file past this size
@@ -262,7 +265,8 @@ class _FileStats:
 
 
 class _RollingParquetWriter:
-    """Writes one task's batches into Parquet files under one partition folder, rolling files."""
+    """Writes one task's batches into Parquet files under one partition folder (or the table
+    root), rolling files."""
 
     def __init__(
         self,
@@ -290,9 +294,11 @@ class _RollingParquetWriter:
 
     def _open(self) -> None:
         if not self.dir_created:
-            self.fs.create_dir(f"{self.root}/{self.rel_dir}", recursive=True)
+            self.fs.create_dir(f"{self.root}/{self.rel_dir}".rstrip("/"), recursive=True)
             self.dir_created = True
-        self.rel_path = f"{self.rel_dir}/{self.file_prefix}-{uuid.uuid4()}.snappy.parquet"
+        name = f"{self.file_prefix}-{uuid.uuid4()}.snappy.parquet"
+        # rel_dir "" (unpartitioned table): the file sits at the table root.
+        self.rel_path = f"{self.rel_dir}/{name}" if self.rel_dir else name
         self.stream = self.fs.open_output_stream(f"{self.root}/{self.rel_path}")
         self.writer = pq.ParquetWriter(self.stream, self.schema, compression="snappy")
         self.stats = _FileStats(self.schema)
@@ -360,16 +366,45 @@ class _RollingParquetWriter:
 
 def _make_partition_writer(
     root_uri: str,
-    run_id: str,
-    partition_by: str,
+    run_id: str | None,
+    partition_by: str | None,
     data_schema: pa.Schema,
     target_file_bytes: int = TARGET_FILE_BYTES,
     max_rows_per_file: int = MAX_ROWS_PER_FILE,
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """mapInArrow function: writes a task's rows as Parquet, yields one row per file written."""
-    rel_dir = f"{partition_by}={run_id}"
-    partition_values = json.dumps({partition_by: run_id})
+    """mapInArrow function: writes a task's rows as Parquet, yields one row per file written.
+
+    `partition_by=None`: unpartitioned, files at the table root. With `run_id`, every row must
+    carry it (one run's partition); with `run_id=None`, one folder per value of `partition_by`.
+    """
     data_names = data_schema.names
+
+    def check_keys(key: pa.Array) -> None:
+        if run_id is not None:
+            ok = pc.fill_null(pc.equal(key, run_id), False)
+            context = f"while writing run {run_id!r}"
+        else:
+            # The values become folder names and log entries: same rule as run ids, no escaping.
+            ok = pc.fill_null(pc.match_substring_regex(key, RUN_ID_RE.pattern), False)
+            context = f"(partition values must be non-null and match {RUN_ID_RE.pattern})"
+        if not pc.all(ok).as_py():
+            bad = pc.unique(pc.filter(key, pc.invert(ok)))
+            raise ValueError(f"{_BAD_ROW_MARK}: rows with {partition_by}={bad.to_pylist()[:5]} {context}")
+
+    def split(batch: pa.RecordBatch) -> Iterator[tuple[str | None, pa.RecordBatch]]:
+        """(partition value, rows) pieces of a batch, in order of first appearance."""
+        if partition_by is None:
+            yield None, batch.select(data_names)
+            return
+        key = batch.column(partition_by)
+        check_keys(key)
+        values = pc.unique(key).to_pylist()
+        # Drop the partition column: it lives in the folder name and the log.
+        if len(values) == 1:
+            yield values[0], batch.select(data_names)
+            return
+        for value in values:
+            yield value, batch.filter(pc.equal(key, value)).select(data_names)
 
     def write_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
@@ -377,37 +412,45 @@ def _make_partition_writer(
         ctx = TaskContext.get()
         part_id, attempt = (ctx.partitionId(), ctx.attemptNumber()) if ctx else (0, 0)
         # partition id + attempt + uuid: retried/speculative attempts never overwrite each other.
-        writer = _RollingParquetWriter(
-            root_uri, rel_dir, data_schema, f"part-{part_id:05d}-{attempt}", target_file_bytes, max_rows_per_file
-        )
+        prefix = f"part-{part_id:05d}-{attempt}"
 
-        def rows(done: list[dict[str, Any]]) -> pa.RecordBatch:
+        def rows(value: str | None, done: list[dict[str, Any]]) -> pa.RecordBatch:
+            values = json.dumps({partition_by: value} if partition_by else {})
             for d in done:
-                d["partition_values"] = partition_values
+                d["partition_values"] = values
             return pa.RecordBatch.from_pylist(done, schema=_FILE_ROWS_ARROW)
 
+        # One open file at a time: a new partition value closes the previous value's file, so
+        # memory stays bounded; callers sort rows by partition value to keep the file count low.
+        writer: _RollingParquetWriter | None = None
+        current: str | None = None
+        done: list[dict[str, Any]] = []
         try:
             for batch in batches:
                 if batch.num_rows == 0:
                     continue
-                key = batch.column(partition_by)
-                if key.null_count or not pc.all(pc.equal(key, run_id)).as_py():
-                    bad = pc.unique(pc.filter(key, pc.invert(pc.fill_null(pc.equal(key, run_id), False))))
-                    raise ValueError(
-                        f"{_BAD_ROW_MARK}: rows with {partition_by}={bad.to_pylist()[:5]} "
-                        f"while writing run {run_id!r}"
-                    )
-                # Drop the partition column (it lives in the folder name and the log) and cast to
-                # the file schema: nullable fields, UTC timestamps.
-                done = list(writer.write(batch.select(data_names).cast(data_schema)))
-                if done:
-                    yield rows(done)
-            done = list(writer.finish())
+                for value, part in split(batch):
+                    if writer is None or value != current:
+                        if writer is not None:
+                            done = list(writer.finish())
+                            if done:
+                                yield rows(current, done)
+                        rel_dir = f"{partition_by}={value}" if partition_by else ""
+                        writer = _RollingParquetWriter(
+                            root_uri, rel_dir, data_schema, prefix, target_file_bytes, max_rows_per_file
+                        )
+                        current = value
+                    # Cast to the file schema: nullable fields, UTC timestamps.
+                    done = list(writer.write(part.cast(data_schema)))
+                    if done:
+                        yield rows(current, done)
+            done = list(writer.finish()) if writer is not None else []
         except BaseException:
-            writer.abort()
+            if writer is not None:
+                writer.abort()
             raise
         if done:
-            yield rows(done)
+            yield rows(current, done)
 
     return write_partition
 
@@ -449,18 +492,44 @@ def _require_delta_rs_writable(dt: Any, path: str) -> None:
         )
 
 
-def _check_existing(dt: Any, path: str, data_schema: StructType, partition_by: str) -> None:
+def _check_existing(dt: Any, path: str, data_schema: StructType, partition_by: str | None,
+                    check_partitioning: bool = True) -> None:
     diffs = _schema_differences(_delta_schema_as_spark(dt.schema()), data_schema)
     if diffs:
         raise DeltaSchemaMismatch(path, diffs)
     parts = list(dt.metadata().partition_columns)
-    if parts != [partition_by]:
-        raise ValueError(f"Delta table at {path!r} is partitioned by {parts}, not [{partition_by!r}]")
+    expected = [partition_by] if partition_by else []
+    if check_partitioning and parts != expected:
+        raise ValueError(f"Delta table at {path!r} is partitioned by {parts}, not {expected}")
     _require_delta_rs_writable(dt, path)
 
 
-def _write_run_delta_rs(df: DataFrame, path: str, run_id: str, partition_by: str,
-                        add_new_columns: bool = True) -> int:
+def _prepare_existing_delta_rs(uri: str, path: str, delta_schema: Any, partition_by: str | None,
+                               add_new_columns: bool = True, check_partitioning: bool = True) -> bool:
+    """Evolve (additively) and check the table before anything is written; False if there is none."""
+    from deltalake import DeltaTable
+
+    if not DeltaTable.is_deltatable(uri):
+        return False
+    # What the table's schema would be if we created it: compare like with like.
+    data_schema = _delta_schema_as_spark(delta_schema)
+    dt = DeltaTable(uri)
+    new = _only_new_columns(_delta_schema_as_spark(dt.schema()), data_schema) if add_new_columns else []
+    if new:
+        # Additive evolution, explicitly: one schema commit adds the new nullable
+        # columns (older rows read them as null), then the data commit follows.
+        _require_delta_rs_writable(dt, path)
+        dt.alter.add_columns([f for f in delta_schema.fields if f.name in new])
+        dt = DeltaTable(uri)
+    # Checked before any file is written; the notes saw mismatches committed silently.
+    _check_existing(dt, path, data_schema, partition_by, check_partitioning)
+    return True
+
+
+def _write_delta_rs(df: DataFrame, path: str, partition_by: str | None, run_id: str | None,
+                    add_new_columns: bool = True) -> int:
+    """Executors write Parquet, the driver commits once: replaces run `run_id`'s partition, or the
+    whole table when `run_id` is None."""
     from deltalake import DeltaTable
     from deltalake import Schema as DeltaSchema
     from deltalake.transaction import AddAction, create_table_with_add_actions
@@ -468,22 +537,12 @@ def _write_run_delta_rs(df: DataFrame, path: str, run_id: str, partition_by: str
     uri = _table_uri(path)
     arrow_schema = _arrow_schema(df.schema)
     delta_schema = DeltaSchema.from_arrow(arrow_schema)
-    # What the table's schema would be if we created it: compare like with like.
     data_schema = _delta_schema_as_spark(delta_schema)
+    existed = _prepare_existing_delta_rs(uri, path, delta_schema, partition_by, add_new_columns)
 
-    existed = DeltaTable.is_deltatable(uri)
-    if existed:
-        dt = DeltaTable(uri, without_files=True)
-        new = _only_new_columns(_delta_schema_as_spark(dt.schema()), data_schema) if add_new_columns else []
-        if new:
-            # Additive evolution, explicitly: one schema commit adds the new nullable
-            # columns (older rows read them as null), then the data commit follows.
-            _require_delta_rs_writable(dt, path)
-            dt.alter.add_columns([f for f in delta_schema.fields if f.name in new])
-            dt = DeltaTable(uri, without_files=True)
-        # Checked before any file is written; the notes saw mismatches committed silently.
-        _check_existing(dt, path, data_schema, partition_by)
-
+    if partition_by and run_id is None:
+        # Rows of one partition value next to each other: one open file per task at a time.
+        df = df.sortWithinPartitions(partition_by)
     file_schema = pa.schema([f for f in arrow_schema if f.name != partition_by])
     writer_fn = _make_partition_writer(uri, run_id, partition_by, file_schema)
     try:
@@ -491,7 +550,9 @@ def _write_run_delta_rs(df: DataFrame, path: str, run_id: str, partition_by: str
     except Exception as e:
         if _BAD_ROW_MARK in str(e):
             msg = str(e).split(_BAD_ROW_MARK + ": ", 1)[-1].splitlines()[0]
-            raise ValueError(f"every row must carry {partition_by}={run_id!r}: {msg}") from None
+            if run_id is not None:
+                raise ValueError(f"every row must carry {partition_by}={run_id!r}: {msg}") from None
+            raise ValueError(f"invalid {partition_by} values: {msg}") from None
         raise
 
     actions = [
@@ -506,34 +567,75 @@ def _write_run_delta_rs(df: DataFrame, path: str, run_id: str, partition_by: str
         for r in file_rows
     ]
     n_rows = sum(r["num_records"] for r in file_rows)
+    parts = [partition_by] if partition_by else []
 
     if not existed:
         try:
-            create_table_with_add_actions(uri, delta_schema, actions, mode="error", partition_by=[partition_by])
+            create_table_with_add_actions(uri, delta_schema, actions, mode="error", partition_by=parts)
             return n_rows
         except Exception:
             if not DeltaTable.is_deltatable(uri):
                 raise
-            # Another writer created the table meanwhile: replace our run in it instead.
+            # Another writer created the table meanwhile: replace our run (or its rows) instead.
 
     dt = DeltaTable(uri)
     _check_existing(dt, path, data_schema, partition_by)  # again, on the snapshot we commit on
-    # overwrite + partition filter: removes exactly this run's current files, adds ours, one commit.
+    # overwrite + partition filter: removes exactly this run's current files, adds ours, one
+    # commit; without a filter it removes every current file (whole-table overwrite).
     dt.create_write_transaction(
         actions,
         mode="overwrite",
         schema=dt.schema(),  # the table's own schema (equal up to nullability): metadata unchanged
-        partition_by=[partition_by],
-        partition_filters=[(partition_by, "=", run_id)],
+        partition_by=parts,
+        partition_filters=[(partition_by, "=", run_id)] if run_id is not None else None,
     )
     return n_rows
 
 
-def _read_table_delta_rs(spark: SparkSession, path: str) -> DataFrame:
+def _merge_delta_rs(df: DataFrame, path: str, partition_by: str | None, predicate: str,
+                    update_condition: str | None) -> dict[str, int | None]:
+    from deltalake import DeltaTable, write_deltalake
+    from deltalake import Schema as DeltaSchema
+
+    uri = _table_uri(path)
+    arrow_schema = _arrow_schema(df.schema)
+    delta_schema = DeltaSchema.from_arrow(arrow_schema)
+    existed = _prepare_existing_delta_rs(
+        uri, path, delta_schema, partition_by, check_partitioning=partition_by is not None
+    )
+    # The source comes to the driver: delta-rs merges in this process. The cast makes every field
+    # nullable and timestamps UTC, as in the files the executors write.
+    source = df.toArrow().cast(arrow_schema)
+    if not existed:
+        try:
+            write_deltalake(uri, source, mode="error", partition_by=[partition_by] if partition_by else None)
+            return {"inserted": source.num_rows, "updated": 0}
+        except Exception:
+            if not DeltaTable.is_deltatable(uri):
+                raise
+            # Another writer created the table meanwhile: merge into it.
+            _prepare_existing_delta_rs(uri, path, delta_schema, partition_by,
+                                       check_partitioning=partition_by is not None)
+    metrics = (
+        DeltaTable(uri)
+        # streamed_exec=False: the source is in memory anyway, and its min/max lets delta-rs
+        # skip target files early.
+        .merge(source=source, predicate=predicate, source_alias="s", target_alias="t", streamed_exec=False)
+        .when_matched_update_all(predicate=update_condition)
+        .when_not_matched_insert_all()
+        .execute()
+    )
+    return {"inserted": metrics.get("num_target_rows_inserted"), "updated": metrics.get("num_target_rows_updated")}
+
+
+def _read_table_delta_rs(spark: SparkSession, path: str, version: int | None = None,
+                         timestamp: datetime | None = None) -> DataFrame:
     from deltalake import DeltaTable
 
     uri = _table_uri(path)
-    dt = DeltaTable(uri)
+    dt = DeltaTable(uri, version=version)
+    if timestamp is not None:
+        dt.load_as_version(timestamp)  # the last version committed at or before it
     _require_plain_parquet_readable(dt, path)
     schema = _delta_schema_as_spark(dt.schema())
     part_cols = list(dt.metadata().partition_columns)
@@ -590,29 +692,97 @@ def _native_schema_or_none(spark: SparkSession, path: str) -> StructType | None:
         return None
 
 
-def _write_run_native(df: DataFrame, path: str, run_id: str, partition_by: str,
-                      add_new_columns: bool = True) -> int:
+def _native_merge_schema(existing: StructType, df: DataFrame, path: str, add_new_columns: bool = True) -> bool:
+    """True when df only adds columns to the table (additive evolution); raises on other changes."""
+    diffs = _schema_differences(existing, df.schema)
+    if diffs and add_new_columns and _only_new_columns(existing, df.schema):
+        return True
+    if diffs:
+        raise DeltaSchemaMismatch(path, diffs)
+    return False
+
+
+def _delta_path_sql(path: str) -> str:
+    """SQL name of the table at `path` (OSS Delta, Databricks and Sail all accept delta.`path`)."""
+    return "delta.`" + path.replace("`", "``") + "`"
+
+
+def _write_native(df: DataFrame, path: str, partition_by: str | None, run_id: str | None,
+                  add_new_columns: bool = True) -> int:
+    """Replaces run `run_id`'s partition (replaceWhere), or the whole table when it is None."""
     spark = df.sparkSession
     existing = _native_schema_or_none(spark, path)
-    writer = df.write.format("delta").partitionBy(partition_by)
+    writer = df.write.format("delta")
+    if partition_by:
+        writer = writer.partitionBy(partition_by)
+    if existing is not None and _native_merge_schema(existing, df, path, add_new_columns):
+        writer = writer.option("mergeSchema", "true")  # additive evolution only
+    if run_id is None:
+        # static: the whole table, even where the session sets dynamic partition overwrite.
+        writer.mode("overwrite").option("partitionOverwriteMode", "static").save(path)
+        return spark.read.format("delta").load(path).count()
     if existing is None:
         # New table: append creates it. (Sail rejects replaceWhere on a missing table, and if
         # another job created the table meanwhile, append cannot wipe its runs as overwrite would.)
         writer.mode("append").save(path)
     else:
-        diffs = _schema_differences(existing, df.schema)
-        if diffs and add_new_columns and _only_new_columns(existing, df.schema):
-            writer = writer.option("mergeSchema", "true")  # additive evolution only
-        elif diffs:
-            raise DeltaSchemaMismatch(path, diffs)
         writer.mode("overwrite").option("replaceWhere", f"`{partition_by}` = '{run_id}'").save(path)
     # Count from the committed partition instead of df.count(): no second pass over df's lineage.
     return spark.read.format("delta").load(path).where(F.col(partition_by) == run_id).count()
 
 
+def _merge_native(df: DataFrame, path: str, partition_by: str | None, predicate: str,
+                  update_condition: str | None, source_rows: int) -> dict[str, int | None]:
+    spark = df.sparkSession
+    existing = _native_schema_or_none(spark, path)
+    if existing is None:
+        writer = df.write.format("delta")
+        if partition_by:
+            writer = writer.partitionBy(partition_by)
+        try:
+            # "error" (if exists): a table another job created meanwhile is merged into, not
+            # appended to. (Spark Connect clients refuse the "errorifexists" spelling.)
+            writer.mode("error").save(path)
+            return {"inserted": source_rows, "updated": 0}
+        except Exception:
+            existing = _native_schema_or_none(spark, path)
+            if existing is None:
+                raise
+    if _native_merge_schema(existing, df, path):
+        # New columns first, explicitly, with an empty append: ALTER TABLE ... ADD COLUMNS is
+        # missing in Sail, and MERGE's own evolution needs a session conf or Databricks syntax.
+        # A nullable schema: Sail would add a non-null source column as NOT NULL (and then read
+        # the older rows' missing values as 0, not null).
+        empty = spark.createDataFrame([], _strip_nullability(df.schema))
+        empty.write.format("delta").mode("append").option("mergeSchema", "true").save(path)
+    view = f"seglake_merge_source_{uuid.uuid4().hex}"
+    df.createTempView(view)
+    matched = f"WHEN MATCHED AND ({update_condition}) THEN" if update_condition else "WHEN MATCHED THEN"
+    try:
+        result = spark.sql(
+            f"MERGE INTO {_delta_path_sql(path)} AS t USING {view} AS s ON {predicate} "
+            f"{matched} UPDATE SET * WHEN NOT MATCHED THEN INSERT *"
+        ).collect()
+    finally:
+        spark.catalog.dropTempView(view)
+    # Delta on Spark returns num_inserted_rows/num_updated_rows; engines that return other
+    # columns (Sail: one total 'count') leave the split unknown.
+    row = result[0].asDict() if result else {}
+    return {"inserted": row.get("num_inserted_rows"), "updated": row.get("num_updated_rows")}
+
+
 # --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
+
+
+def _check_partition_column(df: DataFrame, partition_by: str) -> None:
+    if not isinstance(partition_by, str) or not _COLUMN_RE.fullmatch(partition_by):
+        raise ValueError(f"invalid partition column name {partition_by!r}")
+    if partition_by not in df.columns:
+        raise ValueError(f"DataFrame has no partition column {partition_by!r}: {df.columns}")
+    if not isinstance(df.schema[partition_by].dataType, StringType):
+        raise ValueError(f"partition column {partition_by!r} must be a string column (it holds run ids)")
 
 
 def write_run(
@@ -630,23 +800,155 @@ def write_run(
     columns are always refused.
     """
     _check_run_id(run_id)
-    if not _PARTITION_COL_RE.fullmatch(partition_by):
-        raise ValueError(f"invalid partition column name {partition_by!r}")
-    if partition_by not in df.columns:
-        raise ValueError(f"DataFrame has no partition column {partition_by!r}: {df.columns}")
-    if not isinstance(df.schema[partition_by].dataType, StringType):
-        raise ValueError(f"partition column {partition_by!r} must be a string column (it holds run ids)")
-    resolved = resolve_engine(df.sparkSession, engine)
-    if resolved == "native":
-        return _write_run_native(df, path, run_id, partition_by, add_new_columns)
-    return _write_run_delta_rs(df, path, run_id, partition_by, add_new_columns)
+    _check_partition_column(df, partition_by)
+    if resolve_engine(df.sparkSession, engine) == "native":
+        return _write_native(df, path, partition_by, run_id, add_new_columns)
+    return _write_delta_rs(df, path, partition_by, run_id, add_new_columns)
 
 
-def read_table(spark: SparkSession, path: str, *, engine: str = "auto") -> DataFrame:
-    """Spark DataFrame of the table's current version, read through the Delta log."""
+def overwrite_table(df: DataFrame, path: str, *, engine: str = "auto", partition_by: str | None = None) -> int:
+    """Replace the whole Delta table at `path` with `df` in one commit; returns rows written.
+
+    Creates the table if missing (partitioned by `partition_by`, or not at all); older versions
+    stay readable by time travel (read_table(version=...)). Schema rules as in write_run:
+    new columns are added to the table first, missing or retyped ones raise DeltaSchemaMismatch
+    before anything is committed. Partition values must look like run ids (RUN_ID_RE).
+    """
+    if partition_by is not None:
+        _check_partition_column(df, partition_by)
+    if resolve_engine(df.sparkSession, engine) == "native":
+        return _write_native(df, path, partition_by, None)
+    return _write_delta_rs(df, path, partition_by, None)
+
+
+def _merge_predicate(df: DataFrame, keys: list[str], partition_values: dict[str, str] | None) -> str:
+    """ON clause: all keys equal, plus literal filters on the target's partition columns."""
+    if isinstance(keys, str) or not keys:
+        raise ValueError(f"merge keys must be a non-empty list of column names, got {keys!r}")
+    for name in list(keys) + list(partition_values or {}):
+        if not isinstance(name, str) or not _COLUMN_RE.fullmatch(name) or name not in df.columns:
+            raise ValueError(f"invalid column {name!r} (must be a plain column of the source: {df.columns})")
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"duplicate merge keys {keys!r}")
+    terms = [f"t.`{k}` = s.`{k}`" for k in keys]
+    for name, value in (partition_values or {}).items():
+        # The value goes into SQL as a literal: only run-id-like strings, which need no escaping.
+        if not isinstance(value, str) or not RUN_ID_RE.fullmatch(value):
+            raise ValueError(f"invalid partition value {name}={value!r}: must match {RUN_ID_RE.pattern}")
+        terms.append(f"t.`{name}` = '{value}'")
+    return " AND ".join(terms)
+
+
+def _check_merge_source(df: DataFrame, keys: list[str], partition_values: dict[str, str] | None) -> int:
+    """Source rows; raises ValueError for duplicate or null keys, or rows outside partition_values.
+    One small Spark job, before anything is collected or committed."""
+    outside = F.lit(False)
+    for name, value in (partition_values or {}).items():
+        outside = outside | ~F.coalesce(F.col(f"`{name}`") == F.lit(value), F.lit(False))
+    null_key = F.lit(False)
+    for k in keys:
+        null_key = null_key | F.col(f"`{k}`").isNull()
+    per_key = df.groupBy(*[F.col(f"`{k}`") for k in keys]).agg(
+        F.count(F.lit(1)).alias("_n"),
+        F.max(null_key.cast("int")).alias("_null_key"),
+        F.max(outside.cast("int")).alias("_outside"),
+    )
+    found = per_key.agg(
+        F.sum("_n").alias("rows"),
+        F.first(F.when(F.col("_n") > 1, F.struct(*[F.col(f"`{k}`") for k in keys])), ignorenulls=True).alias("dup"),
+        F.max("_null_key").alias("null_key"),
+        F.max("_outside").alias("outside"),
+    ).first()
+    if found["dup"] is not None:
+        raise ValueError(f"merge source has duplicate keys, e.g. {found['dup'].asDict()} (keys {keys})")
+    if found["null_key"]:
+        # A NULL key never matches, so every rerun would insert the row again.
+        raise ValueError(f"merge source has rows with a NULL key column {keys}")
+    if found["outside"]:
+        raise ValueError(f"merge source has rows outside partition {partition_values}")
+    return int(found["rows"] or 0)
+
+
+def merge(
+    df: DataFrame, path: str, keys: list[str], *, engine: str = "auto", partition_by: str | None = None,
+    update_condition: str | None = None, partition_values: dict[str, str] | None = None,
+) -> dict[str, int | None]:
+    """Upsert `df` into the Delta table at `path` (MERGE) on the columns `keys`, in one commit.
+
+    Target rows matching a source row on all keys get all the source's columns (only where
+    `update_condition` holds, if given: trusted SQL over aliases t (target) and s (source), e.g.
+    "t.last_batch <> s.last_batch OR t.last_batch IS NULL"); other source rows are inserted;
+    other target rows are untouched. A missing table is created from df (partitioned by
+    `partition_by` if given). `partition_values` ({"run_id": "r1"}) restrict the match to that
+    target partition (and every source row must be in it). Source keys must be unique and
+    non-null (ValueError). Schema rules as in write_run: new source columns are added to the
+    table first; missing or retyped ones raise DeltaSchemaMismatch before anything is committed.
+
+    delta-rs runs the MERGE on the driver (the source is collected as Arrow): fine for
+    incremental batches locally; clusters use the native engine (MERGE INTO in Spark).
+    Returns {"inserted", "updated", "source_rows"}; a count is None where the engine does
+    not report it.
+    """
+    if partition_by is not None:
+        _check_partition_column(df, partition_by)
+    predicate = _merge_predicate(df, keys, partition_values)
+    source_rows = _check_merge_source(df, keys, partition_values)
+    if resolve_engine(df.sparkSession, engine) == "native":
+        counts = _merge_native(df, path, partition_by, predicate, update_condition, source_rows)
+    else:
+        counts = _merge_delta_rs(df, path, partition_by, predicate, update_condition)
+    return {**counts, "source_rows": source_rows}
+
+
+def _as_utc(timestamp: datetime | str) -> datetime:
+    """Aware UTC datetime; naive values (datetime or ISO string) are taken as UTC."""
+    if isinstance(timestamp, str):
+        try:
+            timestamp = datetime.fromisoformat(timestamp)
+        except ValueError:
+            raise ValueError(f"invalid timestamp {timestamp!r}: expected ISO 8601") from None
+    if not isinstance(timestamp, datetime):
+        raise ValueError(f"invalid timestamp {timestamp!r}: expected a datetime or an ISO 8601 string")
+    if timestamp.tzinfo is None:
+        timestamp = timestamp.replace(tzinfo=timezone.utc)
+    return timestamp.astimezone(timezone.utc)
+
+
+def read_table(
+    spark: SparkSession, path: str, *, engine: str = "auto", version: int | None = None,
+    timestamp: datetime | str | None = None,
+) -> DataFrame:
+    """Spark DataFrame of the table, read through the Delta log.
+
+    The current version, or (time travel) version number `version`, or the version current
+    as of `timestamp` (datetime or ISO string; naive means UTC). Older versions need their
+    files: vacuum removes them.
+    """
+    if version is not None and timestamp is not None:
+        raise ValueError("give version or timestamp, not both")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 0):
+        raise ValueError(f"invalid table version {version!r}")
+    as_of = _as_utc(timestamp) if timestamp is not None else None
     if resolve_engine(spark, engine) == "native":
-        return spark.read.format("delta").load(path)
-    return _read_table_delta_rs(spark, path)
+        reader = spark.read.format("delta")
+        if version is not None:
+            reader = reader.option("versionAsOf", version)
+        if as_of is not None:
+            reader = reader.option("timestampAsOf", as_of.isoformat())  # with its +00:00 offset
+        return reader.load(path)
+    return _read_table_delta_rs(spark, path, version, as_of)
+
+
+def table_version(spark: SparkSession, path: str, *, engine: str = "auto") -> int:
+    """Current version number of the Delta table at `path`."""
+    if resolve_engine(spark, engine) == "native":
+        try:
+            return int(spark.sql(f"DESCRIBE HISTORY {_delta_path_sql(path)}").agg(F.max("version")).first()[0])
+        except Exception:
+            pass  # engines without DESCRIBE HISTORY (Sail): the log read by delta-rs says the same
+    from deltalake import DeltaTable
+
+    return DeltaTable(_table_uri(path)).version()
 
 
 def table_exists(path: str) -> bool:
