@@ -23,6 +23,20 @@ def test_encoder_unit_vectors_order_and_dedupe(tiny_model):
     assert enc.encode([]).shape == (0, 32)
 
 
+def test_threaded_tokenisation_matches_the_tokenizer(tiny_model, monkeypatch):
+    """Chunks on several threads give exactly the ids of one tokenizer(...) call, in order."""
+    import udfs.embedding as emb
+
+    enc = load_encoder(tiny_model, max_tokens=16)
+    monkeypatch.setattr(emb, "TOKENIZE_CHUNK", 3)
+    texts = [f"{t} {i}" for i, t in enumerate(TEXTS * 5)]
+    want = enc.tokenizer(texts, truncation=True, max_length=16, padding=False)["input_ids"]
+    assert enc.tokenize(texts, threads=4) == want == enc.tokenize(texts, threads=1)
+    np.testing.assert_array_equal(enc.encode(texts, threads=4), enc.encode(texts, threads=1))
+    enc.tokenizer(texts, padding=True)  # another use of the tokenizer object must not leak into ours
+    assert enc.tokenize(texts, threads=4) == want
+
+
 def test_max_tokens_truncates(tiny_model):
     enc = load_encoder(tiny_model, max_tokens=8)
     long = "great dress fit " * 20
@@ -75,7 +89,6 @@ def test_model_id_follows_content_and_settings(tiny_model, tmp_path):
 
 
 def test_embed_with_cache_embeds_only_missing(spark, tiny_model):
-    from pyspark.sql import functions as F
 
     from jobs.embed import embed_with_cache
 
