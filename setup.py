@@ -31,5 +31,6 @@ setup(
         "gpu": ["torch>=2.2", "accelerate>=0.30"],
         "dev": ["pytest>=8", "sentence-transformers>=3", "scikit-learn>=1.3", "pysail==0.7.2"],
     },
-    entry_points={"console_scripts": ["seglake-segment=jobs.segment_users:main", "seglake-explain=jobs.explain:main"]},
+    entry_points={"console_scripts": ["seglake-segment=jobs.segment_users:main", "seglake-explain=jobs.explain:main",
+                                        "seglake-assign=jobs.assign:main"]},
 )

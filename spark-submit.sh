@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Run the SegLake segmentation job through spark-submit.
+# Run a SegLake job through spark-submit: the full segmentation job (default) or, with
+# `--job assign`, the incremental assign job (jobs/assign.py).
 #
-#   ./spark-submit.sh [spark-submit options] [job options]
+#   ./spark-submit.sh [--job segment|assign] [spark-submit options] [job options]
 #
 # Spark options (--master, --deploy-mode, --conf key=value, --executor-memory, --num-executors,
 # --jars, --archives, --files, --name, --queue, ...) are passed to spark-submit; everything else
-# goes to the job (see `python -m jobs.segment_users --help`). `--conf` with a key=value is a
+# goes to the job (see `python -m jobs.segment_users --help` / `python -m jobs.assign --help`). `--conf` with a key=value is a
 # Spark setting; `--conf FILE.yaml` is the job's conf profile, which is shipped with --files.
 # Local mode (local[2]) is the default when no --master is given.
+#   --job NAME       segment (default) or assign
 #   --dry-run        print the spark-submit command instead of running it
 #   --python PATH    Python for the driver and executors (default: .venv/bin/python if present)
 #
@@ -15,6 +17,7 @@
 #   ./spark-submit.sh --conf conf/local.yaml --texts data/sample/texts.csv --events data/sample/events.csv
 #   ./spark-submit.sh --master yarn --deploy-mode cluster --conf spark.executor.memory=8g \
 #       --conf conf/cluster.yaml --texts s3a://bucket/texts --texts-format parquet --output s3a://bucket/seglake
+#   ./spark-submit.sh --job assign --conf conf/local.yaml --texts new/texts/ --output lakehouse
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -25,6 +28,7 @@ deploy_mode="client"
 dry_run=0
 python_bin=""
 conf_file=""
+entry="segment_users.py"
 
 # spark-submit options that take a value.
 spark_opts=" --master --deploy-mode --class --name --jars --packages --exclude-packages --repositories
@@ -35,6 +39,13 @@ spark_opts=" --master --deploy-mode --class --name --jars --packages --exclude-p
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) dry_run=1; shift ;;
+    --job)
+      case "$2" in
+        segment) entry="segment_users.py" ;;
+        assign) entry="assign.py" ;;
+        *) echo "spark-submit.sh: --job must be segment or assign, got '$2'" >&2; exit 2 ;;
+      esac
+      shift 2 ;;
     --python) python_bin="$2"; shift 2 ;;
     --master) master="$2"; shift 2 ;;
     --deploy-mode) deploy_mode="$2"; spark_args+=("$1" "$2"); shift 2 ;;
@@ -99,7 +110,7 @@ cmd=("$submit" --master "$master"
      --conf spark.executorEnv.TOKENIZERS_PARALLELISM=false
      --py-files "$pyfiles"
      ${spark_args[@]+"${spark_args[@]}"}
-     "$here/jobs/segment_users.py"
+     "$here/jobs/$entry"
      ${job_args[@]+"${job_args[@]}"})
 
 if [ "$dry_run" -eq 1 ]; then

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from typing import Any
 
 import yaml
@@ -70,6 +71,18 @@ DEFAULTS: dict[str, Any] = {
     },
     "profile": {"top_terms": 10, "representative_texts": 5, "top_categories": 3, "typical_users": 5, "bigrams": True},
     "output": {"root": "lakehouse", "engine": "auto", "report": True},
+    # seglake-assign: new texts/events since the last watermark, assigned with a saved model.
+    "assign": {
+        "texts": {"path": None, "format": "csv", "options": {}},
+        "events": {"path": None, "format": "csv", "options": {}},
+        "model_run": None,  # None: the latest succeeded full run
+        "watermark": True,  # skip (quarantine as before_watermark) rows not newer than the last run's
+        "checkpoint": None,  # streaming: checkpoint location (default <output>/_checkpoints/assign)
+        "trigger": "available-now",  # streaming: available-now, or a processing-time interval like "60 seconds"
+        "max_files_per_trigger": None,
+    },
+    # Past any of these an assign run sets refit_recommended in the drift table.
+    "drift": {"max_far_share": 0.15, "max_psi": 0.25, "max_mean_shift": 0.25, "min_users": 100},
     "run_id": None,
 }
 
@@ -94,8 +107,9 @@ def _merge(base: dict, override: dict, path: str = "") -> dict:
     return out
 
 
-def load(path: str | None = None, overrides: dict | None = None) -> dict:
-    """Defaults <- YAML file <- overrides (a nested dict, e.g. from flags); validated."""
+def load(path: str | None = None, overrides: dict | None = None, job: str = "segment") -> dict:
+    """Defaults <- YAML file <- overrides (a nested dict, e.g. from flags); validated for
+    `job` ('segment' needs input.texts, 'assign' needs assign.texts or assign.events)."""
     conf = copy.deepcopy(DEFAULTS)
     if path:
         if not os.path.exists(path):
@@ -110,7 +124,7 @@ def load(path: str | None = None, overrides: dict | None = None) -> dict:
         conf = _merge(conf, data)
     if overrides:
         conf = _merge(conf, overrides)
-    validate(conf)
+    validate(conf, job)
     return conf
 
 
@@ -130,6 +144,31 @@ def _choice(conf: dict, key: str, choices: tuple) -> None:
     _check(value in choices, key, f"must be one of {', '.join(map(str, choices))}; got {value!r}")
 
 
+def put(tree: dict, key: str, value: Any) -> None:
+    """tree["a"]["b"]["c"] = value for key "a.b.c", creating the levels; None is skipped (a
+    command-line flag that was not given)."""
+    if value is None:
+        return
+    *parents, last = key.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[last] = value
+
+
+def flag_overrides(args: Any, section: str) -> dict:
+    """The command-line flags both jobs share, as a nested override: input paths and formats
+    (under `section`: input for the full job, assign for seglake-assign), output root,
+    Delta engine, model directory and run id. Flags not given are left out."""
+    o: dict = {}
+    for name in ("texts", "events"):
+        put(o, f"{section}.{name}.path", getattr(args, name))
+        put(o, f"{section}.{name}.format", getattr(args, f"{name}_format"))
+    for key, value in (("output.root", args.output), ("output.engine", args.engine),
+                       ("embed.model_path", args.model_path), ("run_id", args.run_id)):
+        put(o, key, value)
+    return o
+
+
 def get(conf: dict, key: str) -> Any:
     node = conf
     for part in key.split("."):
@@ -137,13 +176,26 @@ def get(conf: dict, key: str) -> Any:
     return node
 
 
-def validate(conf: dict) -> None:
+def validate(conf: dict, job: str = "segment") -> None:
     """Raise ConfigError naming the first invalid key."""
     texts = conf["input"]["texts"]
-    _check(bool(texts["path"]), "input.texts.path", "is required (--texts PATH)")
-    for name in ("texts", "events"):
-        _choice(conf, f"input.{name}.format", FORMATS)
-        _check(isinstance(conf["input"][name]["options"], dict), f"input.{name}.options", "must be a mapping")
+    if job == "segment":
+        _check(bool(texts["path"]), "input.texts.path", "is required (--texts PATH)")
+    for section in ("input", "assign"):
+        for name in ("texts", "events"):
+            _choice(conf, f"{section}.{name}.format", FORMATS)
+            _check(isinstance(conf[section][name]["options"], dict), f"{section}.{name}.options", "must be a mapping")
+    a = conf["assign"]
+    _check(isinstance(a["watermark"], bool), "assign.watermark", "must be true or false")
+    if a["max_files_per_trigger"] is not None:
+        _int(conf, "assign.max_files_per_trigger", 1)
+    trig = a["trigger"]
+    _check(isinstance(trig, str) and (trig == "available-now" or re.fullmatch(r"\d+ (second|minute|hour)s?", trig)),
+           "assign.trigger", f"must be 'available-now' or an interval like '60 seconds'; got {trig!r}")
+    for key in ("drift.max_far_share", "drift.max_psi", "drift.max_mean_shift"):
+        v = get(conf, key)
+        _check(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, key, f"must be a number >= 0, got {v!r}")
+    _int(conf, "drift.min_users", 0)
     for name, spec in (("texts", TEXT_COLUMNS), ("events", EVENT_COLUMNS)):
         mapping = conf["input"]["columns"][name]
         for logical in spec["required"]:
@@ -202,8 +254,6 @@ def validate(conf: dict) -> None:
     _choice(conf, "output.engine", ("auto", "native", "delta-rs"))
     rid = conf["run_id"]
     if rid is not None:
-        import re
-
         _check(isinstance(rid, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", rid) is not None,
                "run_id", f"must match [A-Za-z0-9][A-Za-z0-9_.-]* (it names a table partition); got {rid!r}")
 

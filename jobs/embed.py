@@ -1,10 +1,13 @@
 """Embed stage: BERT sentence embeddings for every cleaned text."""
 from __future__ import annotations
 
+from typing import Callable
+
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from udfs.embedding import embed_udf
+from jobs import delta_io
+from udfs.embedding import embed_udf, model_id
 
 
 def _partitions(df: DataFrame, partitions: int | None) -> int:
@@ -76,3 +79,40 @@ def embed_with_cache(
         missing = texts.join(vectors.select("text_hash"), "text_hash", "left_anti")
     new = missing.repartition(n, "text_hash").withColumn(out_col, udf(F.col(text_col)))
     return hits.select("text_hash", text_col, out_col), new.select("text_hash", text_col, out_col)
+
+
+def embed_model_id(ec: dict) -> str:
+    """The cache key of the embedding model in conf section `embed` (see udfs.embedding.model_id)."""
+    return model_id(ec["model_path"], ec["max_tokens"], ec["precision"])
+
+
+def embed_cached(texts: DataFrame, cache_path: str, run_id: str, ec: dict, *, engine: str = "auto",
+                 persist: Callable[[DataFrame], DataFrame] | None = None) -> tuple[DataFrame, int]:
+    """The embed stage with the `text_embeddings` Delta cache, for the full and the assign job.
+
+    Embeds only the distinct texts whose hash is not cached for this model id (conf section
+    `embed` = `ec`), appends them to the cache in run `run_id`'s partition (a rerun of the run
+    replaces rather than duplicates, and keeps what an earlier attempt cached) and joins all
+    vectors back onto `texts`. Returns (texts + embedding, number of texts that ran through
+    the model). `persist` keeps the new vectors (the expensive part) until the caller is done.
+    """
+    persist = persist or (lambda d: d.persist())
+    spark = texts.sparkSession
+    mid = embed_model_id(ec)
+    cache = None
+    if delta_io.table_exists(cache_path):
+        cache = delta_io.read_table(spark, cache_path, engine=engine).where(F.col("model_id") == mid)
+    settings = {k: ec[k] for k in ("batch_size", "token_budget", "max_tokens", "device", "precision")}
+    hits, new = embed_with_cache(texts, cache, ec["model_path"], partitions=ec["partitions"],
+                                 threads=ec["threads_per_task"], **settings)
+    new = persist(new)
+    n_new = new.count()  # runs the model, once
+    rows = new.select(F.lit(run_id).alias("run_id"), F.lit(mid).alias("model_id"), "text_hash", "embedding",
+                      F.current_timestamp().alias("created_at"))
+    if cache is not None:
+        own = persist(cache.where(F.col("run_id") == run_id).select(*rows.columns))
+        own.count()
+        rows = own.unionByName(rows)
+    delta_io.write_run(rows, cache_path, run_id, engine=engine)
+    vectors = hits.unionByName(new).select("text_clean", "embedding")
+    return texts.join(vectors, "text_clean", "left"), n_new

@@ -36,9 +36,7 @@ def read_source(spark: SparkSession, path: str, fmt: str, options: dict | None =
     options = {str(k): str(v) for k, v in (options or {}).items()}
     if fmt == "csv":
         opts = {"header": "true", "multiLine": "true", "escape": '"', **options}
-        header = spark.read.options(**opts).csv(path).schema
-        schema = T.StructType([T.StructField(f.name, T.StringType()) for f in header]
-                              + [T.StructField(CORRUPT, T.StringType())])
+        schema = _string_schema(spark.read.options(**opts).csv(path).columns)
         return (spark.read.options(**opts).option("mode", "PERMISSIVE")
                 .option("columnNameOfCorruptRecord", CORRUPT).schema(schema).csv(path))
     if fmt == "json":
@@ -52,6 +50,52 @@ def read_source(spark: SparkSession, path: str, fmt: str, options: dict | None =
 
         return delta_io.read_table(spark, path, engine=engine)
     raise InputError(f"unsupported {name} format {fmt!r}")
+
+
+def _string_schema(columns: list[str]) -> T.StructType:
+    return T.StructType([T.StructField(c, T.StringType()) for c in columns if c != CORRUPT]
+                        + [T.StructField(CORRUPT, T.StringType())])
+
+
+def read_stream(spark: SparkSession, path: str, fmt: str, options: dict | None = None, engine: str = "auto",
+                name: str = "input", max_files_per_trigger: int | None = None) -> DataFrame:
+    """A streaming read of a folder of files (or of a Delta table with native Delta), with the
+    same column handling as `read_source`. File streams need a schema up front: it comes from
+    the files already in the folder (CSV header / JSON keys read as strings, Parquet as is)."""
+    options = {str(k): str(v) for k, v in (options or {}).items()}
+    if max_files_per_trigger:
+        options["maxFilesPerTrigger"] = str(max_files_per_trigger)
+    if fmt == "delta":
+        from jobs import delta_io
+
+        if delta_io.resolve_engine(spark, engine) != "native":
+            raise InputError(f"streaming from the Delta table {path} needs native Delta (Databricks or the "
+                             "Delta jars); without them stream from a folder of files")
+        return spark.readStream.format("delta").options(**options).load(path)
+    if is_local_path(path) and not (os.path.isdir(path) and any(not f.startswith((".", "_"))
+                                                                 for f in os.listdir(path))):
+        raise InputError(f"{name} stream folder {path} is missing or empty: a file stream takes its schema "
+                         "from the files present when it starts, so add at least one file first")
+    batch = read_source(spark, path, fmt, {k: v for k, v in options.items() if k != "maxFilesPerTrigger"},
+                        engine, name)
+    if fmt == "csv":
+        opts = {"header": "true", "multiLine": "true", "escape": '"', "mode": "PERMISSIVE",
+                "columnNameOfCorruptRecord": CORRUPT, **options}
+        return spark.readStream.options(**opts).schema(_string_schema(batch.columns)).csv(path)
+    if fmt == "json":
+        opts = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT, **options}
+        return spark.readStream.options(**opts).schema(_string_schema(batch.columns)).json(path)
+    return spark.readStream.options(**options).schema(batch.schema).format(fmt).load(path)
+
+
+def tag_before_watermark(df: DataFrame, watermark) -> DataFrame:
+    """Incremental runs: a row whose ts is not after the last run's watermark was (or should
+    have been) applied before; it gets reason `before_watermark` instead of being applied twice.
+    Rows without ts are always applied."""
+    if watermark is None:
+        return df
+    late = F.col(REASON).isNull() & F.col("ts").isNotNull() & (F.col("ts") <= F.lit(watermark).cast("timestamp"))
+    return df.withColumn(REASON, F.when(late, F.lit("before_watermark")).otherwise(F.col(REASON)))
 
 
 def map_columns(df: DataFrame, mapping: dict, spec: dict, source: str, name: str) -> DataFrame:
@@ -146,6 +190,14 @@ def validate_events(df: DataFrame, ts_format: str | None = None,
     )
 
 
+def reason_counts(df: DataFrame, name: str) -> tuple[int, int, dict[str, int]]:
+    """(rows read, rows kept, {"<name>:<reason>": n}) from one pass over a tagged frame."""
+    rows = df.groupBy(REASON).count().collect()
+    kept = sum(r["count"] for r in rows if r[REASON] is None)
+    reasons = {f"{name}:{r[REASON]}": int(r["count"]) for r in rows if r[REASON] is not None}
+    return kept + sum(reasons.values()), kept, reasons
+
+
 def split_quarantine(df: DataFrame) -> tuple[DataFrame, DataFrame]:
     """(kept rows without helper columns, rejected rows with their reason)."""
     kept = df.filter(F.col(REASON).isNull()).drop(REASON, CORRUPT, "ts_raw")
@@ -167,6 +219,6 @@ def to_quarantine(rejected: DataFrame, input_name: str, source: str, run_id: str
 
 
 __all__ = [
-    "InputError", "read_source", "map_columns", "validate_texts", "validate_events",
+    "InputError", "read_source", "read_stream", "tag_before_watermark", "map_columns", "validate_texts", "validate_events",
     "split_quarantine", "to_quarantine", "TEXT_COLUMNS", "EVENT_COLUMNS",
 ]

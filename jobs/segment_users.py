@@ -24,7 +24,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from pyspark import StorageLevel
@@ -32,14 +32,17 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import cluster, config, delta_io, ingest, metrics, profile, summary
+from jobs.drift import drift_reference
+from jobs.history import history_rows
 from jobs.clean import clean_texts
-from jobs.embed import embed_texts, embed_with_cache
-from jobs.session import build_session
-from jobs.user_vectors import build_user_vectors
-from udfs.embedding import model_id, resolve_model_path
+from jobs.embed import embed_cached, embed_model_id, embed_texts
+from jobs.session import build_session, setup_logging
+from jobs.user_vectors import STATE_COLUMNS, build_user_vectors, user_state
+from udfs.embedding import resolve_model_path
 
 log = logging.getLogger("seglake")
-TABLES = ("user_segments", "segments", "k_selection", "quarantine", "text_embeddings", "runs")
+TABLES = ("user_segments", "segments", "k_selection", "quarantine", "text_embeddings", "user_vectors",
+          "segment_history", "runs")
 QUALITY = ("wssse", "davies_bouldin", "calinski_harabasz", "min_share", "max_share", "size_entropy")
 K_COLUMNS = ("k", "silhouette", "cost", *QUALITY, "sample_size", "chosen")
 K_SCHEMA = ("run_id string, k int, silhouette double, cost double, wssse double, davies_bouldin double, "
@@ -72,32 +75,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def overrides_from_args(args: argparse.Namespace) -> dict:
     """Flags -> a nested conf override (only the flags that were given)."""
-    o: dict = {}
-
-    def put(path: str, value) -> None:
-        if value is None:
-            return
-        node = o
-        *parents, last = path.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-
-    put("input.texts.path", args.texts)
-    put("input.texts.format", args.texts_format)
-    put("input.events.path", args.events)
+    o = config.flag_overrides(args, "input")
     if args.no_events:
         o.setdefault("input", {}).setdefault("events", {})["path"] = None
-    put("input.events.format", args.events_format)
-    put("output.root", args.output)
-    put("output.engine", args.engine)
-    put("cluster.algorithm", args.algorithm)
-    put("embed.model_path", args.model_path)
-    put("run_id", args.run_id)
+    config.put(o, "cluster.algorithm", args.algorithm)
     if args.k is not None:
         if args.k != "auto" and not args.k.isdigit():
             raise config.ConfigError(f"--k must be an integer or 'auto', got {args.k!r}")
-        put("cluster.k", "auto" if args.k == "auto" else int(args.k))
+        config.put(o, "cluster.k", "auto" if args.k == "auto" else int(args.k))
     return o
 
 
@@ -122,6 +107,30 @@ class RunResult:
 
 
 @contextmanager
+def run_scope(record_failure: Callable[[BaseException], None], what: str) -> Iterator[Callable[[DataFrame], DataFrame]]:
+    """One job run: yields `keep(df)`, which persists df until the run ends (success or not).
+    On an error, `record_failure(exc)` writes the failed run's row (its own errors are logged,
+    never hiding the original) and the error propagates."""
+    cached: list[DataFrame] = []
+
+    def keep(df: DataFrame) -> DataFrame:
+        cached.append(df.persist(StorageLevel.MEMORY_AND_DISK))
+        return df
+
+    try:
+        yield keep
+    except Exception as exc:
+        try:
+            record_failure(exc)
+        except Exception:  # noqa: BLE001 - never hide the original error
+            log.exception("could not record the failed %s", what)
+        raise
+    finally:
+        for df in cached:
+            df.unpersist()
+
+
+@contextmanager
 def stage(name: str, timings: dict[str, float]) -> Iterator[None]:
     log.info("stage %s: start", name)
     t0 = time.perf_counter()
@@ -135,14 +144,6 @@ def _read(spark: SparkSession, conf: dict, name: str, spec: dict, validate) -> D
     raw = ingest.read_source(spark, src["path"], src["format"], src["options"], conf["output"]["engine"], name)
     return (raw.transform(ingest.map_columns, conf["input"]["columns"][name], spec, src["path"], name)
             .transform(validate))
-
-
-def _reason_counts(df: DataFrame, name: str) -> tuple[int, int, dict[str, int]]:
-    """(read, kept, {input:reason: n}) from one pass over a tagged frame."""
-    rows = df.groupBy(ingest.REASON).count().collect()
-    kept = sum(r["count"] for r in rows if r[ingest.REASON] is None)
-    reasons = {f"{name}:{r[ingest.REASON]}": int(r["count"]) for r in rows if r[ingest.REASON] is not None}
-    return kept + sum(reasons.values()), kept, reasons
 
 
 def new_run_id() -> str:
@@ -162,13 +163,13 @@ def run(spark: SparkSession, conf: dict) -> RunResult:
     ec, cc, uc = conf["embed"], conf["cluster"], conf["user_vectors"]
     has_events = bool(conf["input"]["events"]["path"])
     log.info("run %s: writing to %s with the %s Delta writer", run_id, root, engine)
-    cached: list[DataFrame] = []
 
-    def keep(df: DataFrame) -> DataFrame:
-        cached.append(df.persist(StorageLevel.MEMORY_AND_DISK))
-        return df
+    def record_failure(exc: BaseException) -> None:
+        # Record the failure so readers can tell this run_id apart from a succeeded one.
+        failed = RunResult(run_id, root, tables, counts, reasons, 0, float("nan"), float("nan"), [], timings, 0.0)
+        _write_runs_row(spark, conf, failed, started, "failed", engine, None, None, error=repr(exc)[:2000])
 
-    try:
+    with run_scope(record_failure, f"run {run_id}") as keep:
         # Fail before any work when the model directory is missing (the executors would
         # otherwise each fail the same way, later, with a less direct error).
         resolve_model_path(ec["model_path"])
@@ -177,7 +178,7 @@ def run(spark: SparkSession, conf: dict) -> RunResult:
             texts = keep(_read(spark, conf, "texts", config.TEXT_COLUMNS,
                                lambda d: ingest.validate_texts(d, ts_fmt))
                          .transform(clean_texts, conf["clean"]["max_tokens"]))
-            counts["texts_read"], counts["texts_kept"], r = _reason_counts(texts, "texts")
+            counts["texts_read"], counts["texts_kept"], r = ingest.reason_counts(texts, "texts")
             reasons.update(r)
             kept_texts, bad_texts = ingest.split_quarantine(texts)
             quarantine = ingest.to_quarantine(bad_texts, "texts", conf["input"]["texts"]["path"], run_id)
@@ -186,7 +187,7 @@ def run(spark: SparkSession, conf: dict) -> RunResult:
                 rr = tuple(conf["input"]["rating_range"])
                 tagged = keep(_read(spark, conf, "events", config.EVENT_COLUMNS,
                                     lambda d: ingest.validate_events(d, ts_fmt, rr)))
-                counts["events_read"], counts["events_kept"], r = _reason_counts(tagged, "events")
+                counts["events_read"], counts["events_kept"], r = ingest.reason_counts(tagged, "events")
                 reasons.update(r)
                 events, bad_events = ingest.split_quarantine(tagged)
                 quarantine = quarantine.unionByName(
@@ -200,8 +201,9 @@ def run(spark: SparkSession, conf: dict) -> RunResult:
             settings = dict(batch_size=ec["batch_size"], token_budget=ec["token_budget"], max_tokens=ec["max_tokens"],
                             device=ec["device"], precision=ec["precision"])
             if ec["cache"]:
-                embedded = keep(_embed_cached(spark, kept_texts, tables["text_embeddings"], run_id, engine, ec,
-                                              settings, counts, keep))
+                embedded, counts["texts_embedded_new"] = embed_cached(
+                    kept_texts, tables["text_embeddings"], run_id, ec, engine=engine, persist=keep)
+                embedded = keep(embedded)
             else:
                 embedded = keep(kept_texts.transform(
                     embed_texts, ec["model_path"], threads_per_task=ec["threads_per_task"],
@@ -218,10 +220,17 @@ def run(spark: SparkSession, conf: dict) -> RunResult:
         embed_rate = counts["texts_embedded_new"] / max(timings["embed"], 1e-9)
 
         with stage("user_vectors", timings):
-            users, feature_params = build_user_vectors(
+            # The state is persisted first: the user_vectors table and the features are derived
+            # from the very same rows, so the assign job reproduces every user's segment exactly.
+            state = keep(user_state(embedded, events, pooling=uc["pooling"], half_life_days=uc["half_life_days"],
+                                    model_id=embed_model_id(ec), updated_by=run_id))
+            users, feature_params, _ = build_user_vectors(
                 embedded, events, pooling=uc["pooling"], half_life_days=uc["half_life_days"],
-                behaviour_weight=uc["behaviour_weight"], n_categories=uc["top_categories"], text_dim=text_dim)
+                behaviour_weight=uc["behaviour_weight"], n_categories=uc["top_categories"], text_dim=text_dim,
+                state=state)
             users = keep(users)
+            wm = state.agg(F.max("last_text_ts").alias("t"), F.max("last_event_ts").alias("e")).first()
+            watermarks = {"texts_watermark": wm["t"], "events_watermark": wm["e"]}
             urow = users.agg(F.count(F.lit(1)).alias("n"),
                              F.sum(F.when(F.col("n_events") == 0, 1).otherwise(0)).alias("text_only"),
                              F.sum(F.when(F.col("n_texts") == 0, 1).otherwise(0)).alias("events_only")).first()
@@ -238,7 +247,7 @@ def run(spark: SparkSession, conf: dict) -> RunResult:
                 k, k_scores, model, sample = cluster.sweep_k(
                     users, cc["k_min"], cc["k_max"], n_users=counts["users"], sample_size=cc["sample_size"],
                     tolerance=cc["k_tolerance"], **common)
-                cached.append(sample)
+                keep(sample)  # (already persisted by the sweep: released with the rest)
             if k > counts["users"]:
                 raise ValueError(f"k={k} is larger than the number of users ({counts['users']})")
             if model is None:  # the sweep's model is reused when it already saw every user
@@ -259,6 +268,7 @@ def run(spark: SparkSession, conf: dict) -> RunResult:
                                 "segments depend on the seed, consider another k or more data",
                                 len(seeds), quality["stability_ari"], cc["stability_min_ari"])
             cost = float(model.summary.trainingCost)
+            feature_params["drift_reference"] = drift_reference(assigned)
             model_path = f"{root}/models/{run_id}"
             model.write().overwrite().save(model_path)
             centers = np.vstack(model.clusterCenters())
@@ -282,7 +292,8 @@ def run(spark: SparkSession, conf: dict) -> RunResult:
             user_segments = profile.explain_users(assigned, terms, segments).select(
                 F.lit(run_id).alias("run_id"), "user_id", F.col("segment_id").cast("int"), "distance",
                 F.col("second_segment_id").cast("int"), "second_distance", "margin", "matched_terms",
-                "n_texts", "n_events", "lang", F.current_timestamp().alias("assigned_at"))
+                "n_texts", "n_events", "lang", F.current_timestamp().alias("assigned_at"),
+                F.lit(run_id).alias("assigned_by"))
             projection = _projection(assigned, cc["seed"])
 
         with stage("write", timings):
@@ -294,50 +305,21 @@ def run(spark: SparkSession, conf: dict) -> RunResult:
                 "segments": delta_io.write_run(segments.select(F.lit(run_id).alias("run_id"), "*"),
                                                tables["segments"], run_id, engine=engine),
                 "k_selection": delta_io.write_run(k_table, tables["k_selection"], run_id, engine=engine),
+                "segment_history": delta_io.write_run(
+                    history_rows(user_segments.select("user_id", "segment_id"), None, run_id, run_id),
+                    tables["segment_history"], run_id, engine=engine),
+                # The user state is rebuilt from the full input: it replaces the table (older
+                # versions stay readable through Delta time travel).
+                "user_vectors": delta_io.overwrite_table(state.select(*STATE_COLUMNS), tables["user_vectors"],
+                                                         engine=engine),
             }
             _reconcile(counts, written)
 
         result = RunResult(run_id, root, tables, counts, reasons, k, quality["silhouette"], cost, k_scores, timings,
                            embed_rate, seg_rows, quality)
         result.report_path = _write_report(conf, result, started, projection)
-        _write_runs_row(spark, conf, result, started, "succeeded", engine, model_path, feature_params)
+        _write_runs_row(spark, conf, result, started, "succeeded", engine, model_path, feature_params, watermarks)
         return result
-    except Exception as exc:
-        # Record the failure so readers can tell this run_id apart from a succeeded one.
-        try:
-            failed = RunResult(run_id, root, tables, counts, reasons, 0, float("nan"), float("nan"), [], timings, 0.0)
-            _write_runs_row(spark, conf, failed, started, "failed", engine, None, None, error=repr(exc)[:2000])
-        except Exception:  # noqa: BLE001 - never hide the original error
-            log.exception("could not record the failed run %s", run_id)
-        raise
-    finally:
-        for df in cached:
-            df.unpersist()
-
-
-def _embed_cached(spark: SparkSession, texts: DataFrame, cache_path: str, run_id: str, engine: str, ec: dict,
-                  settings: dict, counts: dict[str, int], keep) -> DataFrame:
-    """The embed stage with the `text_embeddings` cache: embed only distinct texts whose hash
-    is not cached for this model id, append them to the cache (in this run's partition, so a
-    rerun of the run replaces rather than duplicates), and join all vectors back."""
-    mid = model_id(ec["model_path"], ec["max_tokens"], ec["precision"])
-    cache = None
-    if delta_io.table_exists(cache_path):
-        cache = delta_io.read_table(spark, cache_path, engine=engine).where(F.col("model_id") == mid)
-    hits, new = embed_with_cache(texts, cache, ec["model_path"], partitions=ec["partitions"],
-                                 threads=ec["threads_per_task"], **settings)
-    new = keep(new)
-    counts["texts_embedded_new"] = new.count()  # runs the model, once
-    rows = new.select(F.lit(run_id).alias("run_id"), F.lit(mid).alias("model_id"), "text_hash", "embedding",
-                      F.current_timestamp().alias("created_at"))
-    if cache is not None:
-        # Rewriting this run's partition must keep what an earlier attempt of the run cached.
-        own = keep(cache.where(F.col("run_id") == run_id).select(*rows.columns))
-        own.count()
-        rows = own.unionByName(rows)
-    delta_io.write_run(rows, cache_path, run_id, engine=engine)
-    vectors = hits.unionByName(new).select("text_clean", "embedding")
-    return texts.join(vectors, "text_clean", "left")
 
 
 def _projection(assigned: DataFrame, seed: int) -> list[dict]:
@@ -404,19 +386,23 @@ def _reconcile(counts: dict[str, int], written: dict[str, int]) -> None:
         problems.append(f"quarantine table got {written['quarantine']} rows, expected {counts['quarantined']}")
     if counts["texts_embedded"] != counts["texts_kept"]:
         problems.append(f"{counts['texts_embedded']} texts embedded for {counts['texts_kept']} kept")
-    if written["user_segments"] != counts["users"]:
-        problems.append(f"user_segments got {written['user_segments']} rows for {counts['users']} users")
+    for table in ("user_segments", "user_vectors", "segment_history"):
+        if written[table] != counts["users"]:
+            problems.append(f"{table} got {written[table]} rows for {counts['users']} users")
     if problems:
         raise RuntimeError("counts do not reconcile: " + "; ".join(problems))
 
 
 def _write_runs_row(spark: SparkSession, conf: dict, res: RunResult, started: datetime, status: str, engine: str,
-                    model_path: str | None, feature_params: dict | None, error: str | None = None) -> None:
+                    model_path: str | None, feature_params: dict | None, watermarks: dict | None = None,
+                    error: str | None = None) -> None:
     row = {
         **_run_facts(conf, res, started), "status": status, "error": error, "conf": config.snapshot(conf),
         "k_selection": [{c: s.get(c) for c in K_COLUMNS} for s in res.k_selection],
         "model_path": model_path, "report_path": res.report_path,
         "feature_params": json.dumps(feature_params) if feature_params is not None else None,
+        "embed_model_id": embed_model_id(conf["embed"]) if status == "succeeded" else None,
+        **(watermarks or {"texts_watermark": None, "events_watermark": None}),
     }
     schema = (
         "run_id string, status string, error string, started_at timestamp, finished_at timestamp, conf string, "
@@ -429,17 +415,15 @@ def _write_runs_row(spark: SparkSession, conf: dict, res: RunResult, started: da
         "calinski_harabasz:double,min_share:double,max_share:double,size_entropy:double,sample_size:long,"
         "chosen:boolean>>, "
         "stage_seconds map<string,double>, embed_texts_per_s double, embedding_model string, model_path string, "
-        "report_path string, feature_params string")
+        "report_path string, feature_params string, embed_model_id string, texts_watermark timestamp, "
+        "events_watermark timestamp")
     df = spark.createDataFrame([row], schema)
     delta_io.write_run(df, f"{res.output}/runs", res.run_id, engine=engine)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("py4j", "urllib3", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging(args.log_level)
     try:
         conf = config.load(args.conf, overrides_from_args(args))
     except (config.ConfigError, ValueError) as exc:

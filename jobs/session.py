@@ -1,6 +1,7 @@
 """SparkSession construction from the `spark` section of the conf."""
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -41,3 +42,10 @@ def build_session(spark_conf: dict) -> SparkSession:
                 except Exception:  # noqa: BLE001 - static or locked settings stay as they are
                     pass
     return spark
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """Job logs to stderr with timestamps; chatty libraries only from WARNING up."""
+    logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("py4j", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,4 +1,17 @@
-"""User-vector stage: pool each user's text embeddings, add behaviour, fuse.
+"""User-vector stage: each user's state (pooled texts + behaviour aggregates), then features.
+
+Two steps, so that the full job and the incremental assign job compute features the same way:
+
+1. **State** (`user_state`, stored as the `user_vectors` Delta table): per user the weighted
+   mean of their text embeddings (`text_mean`, with its total weight `text_weight`), text
+   count, language counts, event counts per type and category, rating sum/count and the
+   latest timestamps. States combine (`combine_state`): the state of old texts combined with
+   the state of new texts equals the state of all texts, so a new text updates a user's
+   vector as a running (optionally time-decayed) mean without re-reading the user's history.
+2. **Features** (`features`): derived from the state alone, with the fusion parameters saved
+   with the model run (behaviour categories and standardisation statistics). The assign job
+   applies the same function to the stored state, so an unchanged user gets exactly the same
+   vector, and segment, as in the full job.
 
 Fusion rule (documented in the README):
     features = [ sqrt(1 - w) * t ,  sqrt(w) * z / sqrt(d_b) ]
@@ -9,6 +22,9 @@ that behaviour contributes.
 Missing sides: a user with texts but no events gets z = 0 (the population's average
 behaviour); a user with events but no texts gets t = 0. Both are kept and segmented;
 `n_texts` / `n_events` in the output show which side was missing.
+
+Recency pooling weights a text by 2^(-age / half_life), age measured from the user's own
+latest text (so a vector does not drift with the run date); undated texts weigh 1.
 """
 from __future__ import annotations
 
@@ -17,11 +33,17 @@ import re
 
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.stat import Summarizer
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
 from jobs.config import EVENT_TYPES
+
+# The user_vectors table (and every state frame) has exactly these columns.
+STATE_COLUMNS = ("user_id", "text_mean", "text_weight", "n_texts", "last_text_ts", "lang_counts", "n_events",
+                 "event_counts", "category_counts", "rating_sum", "rating_count", "last_event_ts",
+                 "model_id", "updated_by", "updated_at")
+_EMPTY_COUNTS = "map<string,bigint>"
 
 
 def _unit(col):
@@ -30,14 +52,16 @@ def _unit(col):
     return F.when(norm > 0, F.transform(col, lambda x: x / norm)).otherwise(col)
 
 
-def pool_texts(df: DataFrame, pooling: str = "mean", half_life_days: float = 30.0,
-               emb_col: str = "embedding") -> DataFrame:
-    """One row per user: `text_vec` (unit array<double>), `n_texts`, `last_text_ts`, `lang`.
+def _count_map(df: DataFrame, key: str) -> DataFrame:
+    """user_id, map<key value, count> of one column."""
+    return (df.where(F.col(key).isNotNull()).groupBy("user_id", key).count()
+            .groupBy("user_id").agg(F.map_from_entries(F.collect_list(F.struct(key, "count"))).alias(f"_{key}_map")))
 
-    `recency` weights each text by 2^(-age / half_life), age measured from the user's own
-    latest text so a user's vector does not drift with the run date. Undated texts get
-    weight 1 (treated as current).
-    """
+
+def text_state(df: DataFrame, pooling: str = "mean", half_life_days: float = 30.0,
+               emb_col: str = "embedding") -> DataFrame:
+    """Per user: text_mean (weighted mean embedding, array<double>), text_weight, n_texts,
+    last_text_ts and lang_counts."""
     data = df.withColumn("_v", array_to_vector(F.col(emb_col)))
     if pooling == "recency":
         latest = F.max("ts").over(Window.partitionBy("user_id"))
@@ -45,15 +69,128 @@ def pool_texts(df: DataFrame, pooling: str = "mean", half_life_days: float = 30.
         data = data.withColumn("_w", F.coalesce(F.pow(F.lit(2.0), age_days / half_life_days), F.lit(1.0)))
     else:
         data = data.withColumn("_w", F.lit(1.0))
-    lang = F.mode("lang", deterministic=True) if "lang" in df.columns else F.lit(None).cast("string")
+    if "lang" not in data.columns:
+        data = data.withColumn("lang", F.lit(None).cast("string"))
     pooled = data.groupBy("user_id").agg(
         Summarizer.mean(F.col("_v"), F.col("_w")).alias("_mean"),
+        F.sum("_w").alias("text_weight"),
         F.count(F.lit(1)).alias("n_texts"),
         F.max("ts").alias("last_text_ts"),
-        lang.alias("lang"),  # the user's most frequent text language
     )
-    return pooled.select("user_id", _unit(vector_to_array("_mean")).alias("text_vec"), "n_texts", "last_text_ts",
-                         "lang")
+    langs = _count_map(data, "lang")
+    return (pooled.join(langs, "user_id", "left")
+            .select("user_id", vector_to_array("_mean").alias("text_mean"), "text_weight", "n_texts", "last_text_ts",
+                    F.coalesce("_lang_map", F.create_map().cast(_EMPTY_COUNTS)).alias("lang_counts")))
+
+
+def event_state(events: DataFrame) -> DataFrame:
+    """Per user: n_events, event_counts, category_counts, rating_sum, rating_count, last_event_ts."""
+    base = events.groupBy("user_id").agg(
+        F.count(F.lit(1)).alias("n_events"),
+        F.sum("rating").alias("rating_sum"),
+        F.count("rating").alias("rating_count"),
+        F.max("ts").alias("last_event_ts"),
+    )
+    return (base.join(_count_map(events, "event_type"), "user_id", "left")
+            .join(_count_map(events, "category"), "user_id", "left")
+            .withColumnRenamed("_event_type_map", "event_counts")
+            .withColumnRenamed("_category_map", "category_counts"))
+
+
+def _complete(df: DataFrame, model_id: str | None, updated_by: str) -> DataFrame:
+    """Fill the state's defaults (a user without texts or events) and fix the column order."""
+    empty = F.create_map().cast(_EMPTY_COUNTS)
+    return df.select(
+        "user_id",
+        F.col("text_mean"),
+        F.coalesce("text_weight", F.lit(0.0)).alias("text_weight"),
+        F.coalesce("n_texts", F.lit(0)).cast("long").alias("n_texts"),
+        "last_text_ts",
+        F.coalesce("lang_counts", empty).alias("lang_counts"),
+        F.coalesce("n_events", F.lit(0)).cast("long").alias("n_events"),
+        F.coalesce("event_counts", empty).alias("event_counts"),
+        F.coalesce("category_counts", empty).alias("category_counts"),
+        F.coalesce("rating_sum", F.lit(0.0)).cast("double").alias("rating_sum"),
+        F.coalesce("rating_count", F.lit(0)).cast("long").alias("rating_count"),
+        "last_event_ts",
+        F.lit(model_id).cast("string").alias("model_id"),
+        F.lit(updated_by).alias("updated_by"),
+        F.current_timestamp().alias("updated_at"),
+    )
+
+
+def user_state(texts: DataFrame | None, events: DataFrame | None, *, pooling: str = "mean",
+               half_life_days: float = 30.0, model_id: str | None = None, updated_by: str = "") -> DataFrame:
+    """One state row per user seen in texts or events (columns STATE_COLUMNS)."""
+    parts = []
+    if texts is not None:
+        parts.append(text_state(texts, pooling, half_life_days))
+    if events is not None:
+        parts.append(event_state(events))
+    if not parts:
+        raise ValueError("user_state needs texts or events")
+    state = parts[0] if len(parts) == 1 else parts[0].join(parts[1], "user_id", "full_outer")
+    for c, t in (("text_mean", "array<double>"), ("text_weight", "double"), ("n_texts", "long"),
+                 ("last_text_ts", "timestamp"), ("lang_counts", _EMPTY_COUNTS), ("n_events", "long"),
+                 ("event_counts", _EMPTY_COUNTS), ("category_counts", _EMPTY_COUNTS), ("rating_sum", "double"),
+                 ("rating_count", "long"), ("last_event_ts", "timestamp")):
+        if c not in state.columns:
+            state = state.withColumn(c, F.lit(None).cast(t))
+    return _complete(state, model_id, updated_by)
+
+
+def _add_maps(a: str, b: str) -> Column:
+    return F.map_zip_with(F.col(a), F.col(b), lambda _, x, y: F.coalesce(x, F.lit(0)) + F.coalesce(y, F.lit(0)))
+
+
+def combine_state(old: DataFrame, new: DataFrame, *, pooling: str = "mean", half_life_days: float = 30.0,
+                  model_id: str | None = None, updated_by: str) -> DataFrame:
+    """The state of old + new data for every user in `new` (users only in `old` are not
+    returned: they did not change). Running weighted mean of the text vectors; with recency
+    pooling both sides first decay to the later of their latest texts, which is exactly what
+    pooling all texts at once gives. Rows of `old` already updated by `updated_by` (a rerun of
+    the same batch after a crash) are returned as stored: a batch is never applied twice."""
+    o = old.select(*[F.col(c).alias(f"o_{c}") for c in STATE_COLUMNS])
+    j = new.join(o, new["user_id"] == o["o_user_id"], "left")
+    applied = F.coalesce(F.col("o_updated_by") == F.lit(updated_by), F.lit(False))
+    latest = F.greatest("o_last_text_ts", "last_text_ts")
+
+    def decay(ts: str) -> Column:
+        if pooling != "recency":
+            return F.lit(1.0)
+        age = (latest.cast("double") - F.col(ts).cast("double")) / 86400.0
+        return F.coalesce(F.pow(F.lit(2.0), -age / half_life_days), F.lit(1.0))
+
+    wa = F.coalesce("o_text_weight", F.lit(0.0)) * decay("o_last_text_ts")
+    wb = F.col("text_weight") * decay("last_text_ts")
+    w = wa + wb
+    mean = (F.when(F.col("o_text_mean").isNull(), F.col("text_mean"))
+            .when(F.col("text_mean").isNull(), F.col("o_text_mean"))
+            .otherwise(F.zip_with("o_text_mean", "text_mean", lambda x, y: (x * wa + y * wb) / w)))
+    merged = j.select(
+        "user_id",
+        mean.alias("text_mean"),
+        F.when(F.col("o_user_id").isNull(), F.col("text_weight")).otherwise(w).alias("text_weight"),
+        (F.coalesce("o_n_texts", F.lit(0)) + F.col("n_texts")).alias("n_texts"),
+        latest.alias("last_text_ts"),
+        F.coalesce(_add_maps("o_lang_counts", "lang_counts"), F.col("lang_counts")).alias("lang_counts"),
+        (F.coalesce("o_n_events", F.lit(0)) + F.col("n_events")).alias("n_events"),
+        F.coalesce(_add_maps("o_event_counts", "event_counts"), F.col("event_counts")).alias("event_counts"),
+        F.coalesce(_add_maps("o_category_counts", "category_counts"), F.col("category_counts"))
+        .alias("category_counts"),
+        (F.coalesce("o_rating_sum", F.lit(0.0)) + F.col("rating_sum")).alias("rating_sum"),
+        (F.coalesce("o_rating_count", F.lit(0)) + F.col("rating_count")).alias("rating_count"),
+        F.greatest("o_last_event_ts", "last_event_ts").alias("last_event_ts"),
+        applied.alias("_applied"),
+    )
+    fresh = _complete(merged.where(~F.col("_applied")), model_id, updated_by)
+    stored = j.where(applied).select(*[F.col(f"o_{c}").alias(c) for c in STATE_COLUMNS])
+    return fresh.unionByName(stored)
+
+
+# --------------------------------------------------------------------------------------------
+# Features from state
+# --------------------------------------------------------------------------------------------
 
 
 def _slug(value: str) -> str:
@@ -69,75 +206,110 @@ def top_categories(events: DataFrame, n: int) -> list[str]:
     return [r["category"] for r in rows]
 
 
-def behaviour_features(events: DataFrame, categories: list[str]) -> tuple[DataFrame, list[str]]:
-    """Per-user raw behaviour features and their names: log1p counts per event type and in
-    total, mean rating, and the share of the user's events in each of `categories`."""
-    aggs = [F.count(F.lit(1)).alias("n_events")]
-    names = []
-    for et in EVENT_TYPES:
-        aggs.append(F.log1p(F.sum(F.when(F.col("event_type") == et, 1).otherwise(0))).alias(f"b_{et}"))
-        names.append(f"b_{et}")
-    aggs.append(F.log1p(F.count(F.lit(1))).alias("b_total"))
-    aggs.append(F.avg("rating").alias("b_mean_rating"))
-    names += ["b_total", "b_mean_rating"]
+def behaviour_names(categories: list[str]) -> list[tuple[str, str | None]]:
+    """(feature name, category or None) for the behaviour features, in vector order."""
+    names: list[tuple[str, str | None]] = [(f"b_{et}", None) for et in EVENT_TYPES]
+    names += [("b_total", None), ("b_mean_rating", None)]
+    taken = {n for n, _ in names}
     for cat in categories:
         name = f"b_cat_{_slug(cat)}"
-        while name in names:
+        while name in taken:
             name += "_"
-        aggs.append(F.avg(F.when(F.col("category") == cat, 1.0).otherwise(0.0)).alias(name))
-        names.append(name)
-    return events.groupBy("user_id").agg(*aggs), names
+        taken.add(name)
+        names.append((name, cat))
+    return names
 
 
-def standardise(df: DataFrame, names: list[str]) -> tuple[DataFrame, dict]:
-    """z-score the named columns across users; nulls (e.g. no ratings) become 0 = the mean.
-    Returns the frame and the {name: (mean, std)} used, so new users can be scored alike."""
+def raw_behaviour(state: DataFrame, categories: list[str]) -> tuple[DataFrame, list[str]]:
+    """state + raw behaviour features: log1p counts per event type and in total, mean rating,
+    and the share of the user's events in each of `categories`. Null for users without events."""
+    has = F.col("n_events") > 0
+    cols = []
+    for name, cat in behaviour_names(categories):
+        if cat is not None:
+            value = F.coalesce(F.col("category_counts")[cat], F.lit(0)) / F.col("n_events")
+        elif name == "b_total":
+            value = F.log1p(F.col("n_events"))
+        elif name == "b_mean_rating":
+            value = F.when(F.col("rating_count") > 0, F.col("rating_sum") / F.col("rating_count"))
+        else:
+            value = F.log1p(F.coalesce(F.col("event_counts")[name[2:]], F.lit(0)))
+        cols.append(F.when(has, value.cast("double")).alias(name))
+    names = [n for n, _ in behaviour_names(categories)]
+    return state.select("*", *cols), names
+
+
+def standardise_stats(df: DataFrame, names: list[str]) -> dict:
+    """{name: (mean, std)} over the users that have the feature (non-null)."""
+    if not names:
+        return {}
+    row = df.agg(*[F.avg(c).alias(f"m_{c}") for c in names], *[F.stddev_pop(c).alias(f"s_{c}") for c in names]).first()
+    return {c: (float(row[f"m_{c}"] or 0.0), float(row[f"s_{c}"] or 0.0)) for c in names}
+
+
+def standardise(df: DataFrame, names: list[str], stats: dict | None = None) -> tuple[DataFrame, dict]:
+    """z-score the named columns (with `stats`, else stats computed from df); nulls (no events,
+    no ratings) become 0 = the mean. Returns the frame and the stats used."""
     if not names:
         return df, {}
-    row = df.agg(*[F.avg(c).alias(f"m_{c}") for c in names], *[F.stddev_pop(c).alias(f"s_{c}") for c in names]).first()
-    stats = {c: (float(row[f"m_{c}"] or 0.0), float(row[f"s_{c}"] or 0.0)) for c in names}
+    stats = stats if stats is not None else standardise_stats(df, names)
     cols = [
         F.coalesce((F.col(c) - F.lit(m)) / F.lit(s if s > 0 else 1.0), F.lit(0.0)).alias(c)
-        for c, (m, s) in stats.items()
+        for c, (m, s) in ((c, stats[c]) for c in names)
     ]
     return df.select(*[c for c in df.columns if c not in names], *cols), stats
 
 
-def fuse(text_users: DataFrame, behaviour: DataFrame | None, names: list[str], behaviour_weight: float,
-         text_dim: int) -> DataFrame:
-    """One row per user seen in texts or events: user_id, features (Vector), n_texts, n_events,
-    lang (null for users without texts). See the module docstring for the rule."""
-    wt = math.sqrt(1.0 - behaviour_weight)
-    if behaviour is None or not names or behaviour_weight == 0:
-        users = text_users.withColumn("n_events", F.lit(0).cast("long"))
-        arr = F.transform("text_vec", lambda x: x * wt)
+def main_lang(col: str = "lang_counts") -> Column:
+    """The most frequent language (ties: alphabetically first); null when none is known."""
+    ranked = F.sort_array(F.transform(F.map_entries(F.col(col)), lambda e: F.struct((-e["value"]).alias("n"), e["key"].alias("lang"))))
+    return F.when(F.size(F.col(col)) > 0, ranked[0].getField("lang"))
+
+
+def features(state: DataFrame, params: dict) -> DataFrame:
+    """user_id, features (Vector), n_texts, n_events, lang — from state and fusion params."""
+    w = float(params["behaviour_weight"])
+    names = list(params.get("behaviour_features") or [])
+    wt = math.sqrt(1.0 - w)
+    zero_text = F.array_repeat(F.lit(0.0), int(params["text_dim"]))
+    text = F.coalesce(_unit(F.col("text_mean")), zero_text)
+    if not names or w == 0:
+        df, arr = state, F.transform(text, lambda x: x * wt)
     else:
-        users = text_users.join(behaviour, "user_id", "full_outer")
-        wb = math.sqrt(behaviour_weight) / math.sqrt(len(names))
-        zero_text = F.array_repeat(F.lit(0.0), text_dim)
-        text_part = F.transform(F.coalesce("text_vec", zero_text), lambda x: x * wt)
-        beh_part = F.array(*[F.coalesce(F.col(c), F.lit(0.0)) * wb for c in names])
-        arr = F.concat(text_part, beh_part)
-    return users.select(
-        "user_id",
-        array_to_vector(arr).alias("features"),
-        F.coalesce("n_texts", F.lit(0)).cast("long").alias("n_texts"),
-        F.coalesce("n_events", F.lit(0)).cast("long").alias("n_events"),
-        "lang",
-    )
+        raw, _ = raw_behaviour(state, list(params["categories"]))
+        stats = {k: tuple(v) for k, v in params["behaviour_stats"].items()}
+        df, _ = standardise(raw, names, stats)
+        wb = math.sqrt(w) / math.sqrt(len(names))
+        arr = F.concat(F.transform(text, lambda x: x * wt), F.array(*[F.col(c) * wb for c in names]))
+    return df.select("user_id", array_to_vector(arr).alias("features"), "n_texts", "n_events",
+                     main_lang().alias("lang"))
+
+
+def fusion_params(state: DataFrame, events: DataFrame | None, *, pooling: str = "mean",
+                  half_life_days: float = 30.0, behaviour_weight: float = 0.3, n_categories: int = 10,
+                  text_dim: int) -> dict:
+    """The parameters `features` needs, fitted on the full job's users: the behaviour
+    categories and each behaviour feature's mean and std. Saved with the model run."""
+    params: dict = {"text_dim": text_dim, "behaviour_weight": behaviour_weight, "pooling": pooling,
+                    "half_life_days": half_life_days, "categories": [], "behaviour_features": [],
+                    "behaviour_stats": {}}
+    if events is None:
+        return params
+    cats = top_categories(events, n_categories)
+    raw, names = raw_behaviour(state, cats)
+    params.update(categories=cats, behaviour_features=names, behaviour_stats=standardise_stats(raw, names))
+    return params
 
 
 def build_user_vectors(texts: DataFrame, events: DataFrame | None, *, pooling: str = "mean",
                        half_life_days: float = 30.0, behaviour_weight: float = 0.3, n_categories: int = 10,
-                       text_dim: int) -> tuple[DataFrame, dict]:
-    """The whole stage. Returns (users, fusion parameters to save with the model)."""
-    pooled = pool_texts(texts, pooling, half_life_days)
-    params: dict = {"text_dim": text_dim, "behaviour_weight": behaviour_weight, "pooling": pooling,
-                    "half_life_days": half_life_days, "categories": [], "behaviour_stats": {}}
-    if events is None:
-        return fuse(pooled, None, [], behaviour_weight, text_dim), params
-    cats = top_categories(events, n_categories)
-    raw, names = behaviour_features(events, cats)
-    z, stats = standardise(raw, names)
-    params.update(categories=cats, behaviour_features=names, behaviour_stats=stats)
-    return fuse(pooled, z, names, behaviour_weight, text_dim), params
+                       text_dim: int, model_id: str | None = None, updated_by: str = "",
+                       state: DataFrame | None = None) -> tuple[DataFrame, dict, DataFrame]:
+    """The whole stage: (users with features, fusion params, state). Pass `state` (e.g. a
+    persisted user_state) to derive params and features from exactly those rows."""
+    if state is None:
+        state = user_state(texts, events, pooling=pooling, half_life_days=half_life_days, model_id=model_id,
+                           updated_by=updated_by)
+    params = fusion_params(state, events, pooling=pooling, half_life_days=half_life_days,
+                           behaviour_weight=behaviour_weight, n_categories=n_categories, text_dim=text_dim)
+    return features(state, params), params, state

@@ -23,6 +23,20 @@ TINY_WORDS = (
 TINY_CJK = "这件连衣裙面料很舒服尺码合适手机电池续航强拍照清晰电影剧情演员酒店航班海滩美食味道宝宝玩具好的是了"
 
 
+def local_conf(base: dict, **over) -> dict:
+    """conf/local.yaml + `base` + keyword overrides spelled with "__" for nesting
+    (embed__model_path=p -> {"embed": {"model_path": p}}), validated like the jobs do."""
+    from jobs import config
+
+    for key, value in over.items():
+        *parents, last = key.split("__")
+        node = base
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value  # None too: input__events__path=None switches the profile's events off
+    return config.load(str(ROOT / "conf" / "local.yaml"), base)
+
+
 @pytest.fixture(scope="session")
 def spark():
     from pyspark.sql import SparkSession
@@ -35,7 +49,12 @@ def spark():
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.driver.memory", "4g")
+        .config("spark.driver.memory", "6g")
+        # One driver serves hundreds of jobs here: keep the UI listeners' history short (their
+        # plans and metrics otherwise pile up in the heap over a whole test run).
+        .config("spark.sql.ui.retainedExecutions", "50")
+        .config("spark.ui.retainedJobs", "100")
+        .config("spark.ui.retainedStages", "100")
         .config("spark.python.worker.reuse", "true")
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", "512")
         .getOrCreate()
@@ -45,13 +64,13 @@ def spark():
     session.stop()
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> str:
-    """A random 2-layer BERT with a small English + CJK vocab, saved like a real model dir."""
+def make_tiny_bert(path: Path) -> str:
+    """A random 2-layer BERT with a small English + CJK vocab, saved like a real model dir
+    (also used by bench/incremental.py for runs at scale without the real model's cost)."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    path = tmp_path_factory.mktemp("tiny-bert")
+    path.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + TINY_WORDS + list(dict.fromkeys(TINY_CJK))
     vocab += [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + list("abcdefghijklmnopqrstuvwxyz0123456789.,!?[]")
     vocab = list(dict.fromkeys(vocab))
@@ -62,3 +81,8 @@ def tiny_model(tmp_path_factory) -> str:
                      intermediate_size=64, max_position_embeddings=128)
     BertModel(cfg).eval().save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))

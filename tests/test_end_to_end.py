@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from deltalake import DeltaTable
 
-from jobs import config
 from jobs.segment_users import main, run
+from tests.conftest import local_conf
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
@@ -22,14 +22,7 @@ def _table(path) -> pd.DataFrame:
 
 
 def _conf(tmp_path, **over) -> dict:
-    base = {"output": {"root": str(tmp_path / "lake")}}
-    for key, value in over.items():
-        node = base
-        *parents, last = key.split("__")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return config.load(str(ROOT / "conf" / "local.yaml"), base)
+    return local_conf({"output": {"root": str(tmp_path / "lake")}}, **over)
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,14 @@ def test_dry_run_local_default():
     assert job == ["--conf", "conf/local.yaml", "--texts", "t.csv", "--k", "5"]
 
 
+def test_dry_run_assign_job():
+    cmd = _dry("--job", "assign", "--conf", "conf/local.yaml", "--texts", "new/", "--stream")
+    job = cmd[cmd.index(str(ROOT / "jobs" / "assign.py")) + 1:]
+    assert job == ["--conf", "conf/local.yaml", "--texts", "new/", "--stream"]
+    bad = subprocess.run([SCRIPT, "--dry-run", "--job", "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--job must be segment or assign" in bad.stderr
+
+
 def test_dry_run_cluster_passes_spark_options_through():
     cmd = _dry("--master", "yarn", "--deploy-mode", "cluster", "--conf", "spark.executor.memory=8g",
                "--num-executors", "4", "--conf", "conf/cluster.yaml", "--texts", "s3a://b/t", "--run-id", "r1")

@@ -1,74 +1,141 @@
-"""Pooling and fusion of text embeddings with behaviour."""
+"""User state (pooled texts + behaviour aggregates), running updates, and fusion into features."""
 import math
 from datetime import datetime
 
 import numpy as np
 import pytest
 
-from jobs.user_vectors import behaviour_features, build_user_vectors, pool_texts, standardise
+from jobs.user_vectors import (build_user_vectors, combine_state, features, raw_behaviour, standardise,
+                               user_state)
 
-SCHEMA = "user_id string, embedding array<float>, ts timestamp"
+SCHEMA = "user_id string, embedding array<float>, ts timestamp, lang string"
+EVENTS = "user_id string, event_type string, rating double, category string, ts timestamp"
+TEXT_ONLY = {"text_dim": 2, "behaviour_weight": 0.0, "behaviour_features": []}
+
+
+def _texts(spark, rows):
+    return spark.createDataFrame([r + (None,) * (4 - len(r)) for r in rows], SCHEMA)
+
+
+def _by_user(df):
+    return {r.user_id: r for r in df.collect()}
 
 
 def _vec(rows, user):
-    return np.array(next(r for r in rows if r.user_id == user).features.toArray())
+    return np.array(rows[user].features.toArray())
 
 
 def test_mean_pooling_is_normalised_mean(spark):
-    df = spark.createDataFrame([("a", [1.0, 0.0], None), ("a", [0.0, 1.0], None), ("b", [0.6, 0.8], None)], SCHEMA)
-    rows = {r.user_id: r for r in pool_texts(df).collect()}
-    np.testing.assert_allclose(rows["a"].text_vec, [math.sqrt(0.5), math.sqrt(0.5)], atol=1e-6)
-    np.testing.assert_allclose(rows["b"].text_vec, [0.6, 0.8], atol=1e-6)
-    assert rows["a"].n_texts == 2
+    state = user_state(_texts(spark, [("a", [1.0, 0.0]), ("a", [0.0, 1.0]), ("b", [0.6, 0.8])]), None)
+    st = _by_user(state)
+    assert st["a"].n_texts == 2 and st["a"].text_weight == 2.0
+    np.testing.assert_allclose(st["a"].text_mean, [0.5, 0.5], atol=1e-9)  # the plain mean is stored
+    rows = _by_user(features(state, TEXT_ONLY))
+    np.testing.assert_allclose(_vec(rows, "a"), [math.sqrt(0.5), math.sqrt(0.5)], atol=1e-6)
+    np.testing.assert_allclose(_vec(rows, "b"), [0.6, 0.8], atol=1e-6)
 
 
 def test_recency_pooling_weights_recent_texts(spark):
     old, new = datetime(2026, 1, 1), datetime(2026, 1, 31)  # 30 days apart
-    df = spark.createDataFrame([("a", [1.0, 0.0], old), ("a", [0.0, 1.0], new)], SCHEMA)
-    v = pool_texts(df, "recency", half_life_days=30).first().text_vec
+    state = user_state(_texts(spark, [("a", [1.0, 0.0], old), ("a", [0.0, 1.0], new)]), None,
+                       pooling="recency", half_life_days=30)
+    v = features(state, TEXT_ONLY).first().features.toArray()
     # Weights 0.5 (old) and 1 (new) -> direction (0.5, 1) normalised.
     np.testing.assert_allclose(v, np.array([0.5, 1.0]) / math.hypot(0.5, 1.0), atol=1e-6)
+    assert state.first().text_weight == pytest.approx(1.5)
+
+
+def test_main_language_is_the_most_frequent(spark):
+    texts = _texts(spark, [("a", [1.0, 0.0], None, "zh"), ("a", [1.0, 0.0], None, "en"),
+                           ("a", [1.0, 0.0], None, "zh"), ("b", [1.0, 0.0], None, "en"),
+                           ("b", [1.0, 0.0], None, "zh"), ("c", [1.0, 0.0])])
+    rows = _by_user(features(user_state(texts, None), TEXT_ONLY))
+    assert (rows["a"].lang, rows["b"].lang, rows["c"].lang) == ("zh", "en", None)  # tie: alphabetical
 
 
 def test_behaviour_features_and_standardise(spark):
     ev = spark.createDataFrame([
-        ("a", "view", None, "fashion"), ("a", "purchase", None, "fashion"), ("a", "rating", 5.0, "books"),
-        ("b", "view", None, "books"),
-    ], "user_id string, event_type string, rating double, category string")
-    raw, names = behaviour_features(ev, ["fashion", "books"])
-    a = {r.user_id: r for r in raw.collect()}["a"]
+        ("a", "view", None, "fashion", None), ("a", "purchase", None, "fashion", None),
+        ("a", "rating", 5.0, "books", None), ("b", "view", None, "books", None),
+    ], EVENTS)
+    raw, names = raw_behaviour(user_state(None, ev), ["fashion", "books"])
+    a = _by_user(raw)["a"]
     assert a.n_events == 3 and a.b_view == pytest.approx(math.log1p(1)) and a.b_cart == 0.0
     assert a.b_cat_fashion == pytest.approx(2 / 3) and a.b_mean_rating == 5.0
     z, stats = standardise(raw, names)
-    rows = {r.user_id: r for r in z.collect()}
+    rows = _by_user(z)
     assert rows["a"].b_cat_fashion == pytest.approx(1.0) and rows["b"].b_cat_fashion == pytest.approx(-1.0)
     assert rows["b"].b_mean_rating == 0.0  # no ratings -> population mean
     assert stats["b_cat_fashion"] == pytest.approx((1 / 3, 1 / 3))
 
 
 def test_fusion_rule_and_users_missing_a_side(spark):
-    texts = spark.createDataFrame([("a", [1.0, 0.0], None), ("b", [0.0, 1.0], None), ("c", [0.0, 1.0], None)], SCHEMA)
-    ev = spark.createDataFrame([("a", "view", None, "x"), ("a", "view", None, "x"), ("b", "purchase", None, "y"),
-                                ("d", "purchase", None, "y")],
-                               "user_id string, event_type string, rating double, category string")
-    users, params = build_user_vectors(texts, ev, behaviour_weight=0.36, n_categories=2, text_dim=2)
-    rows = users.collect()
-    assert sorted(r.user_id for r in rows) == ["a", "b", "c", "d"]  # text-only c and events-only d kept
-    by = {r.user_id: r for r in rows}
-    assert (by["c"].n_events, by["d"].n_texts) == (0, 0)
+    texts = _texts(spark, [("a", [1.0, 0.0]), ("b", [0.0, 1.0]), ("c", [0.0, 1.0])])
+    ev = spark.createDataFrame([("a", "view", None, "x", None), ("a", "view", None, "x", None),
+                                ("b", "purchase", None, "y", None), ("d", "purchase", None, "y", None)], EVENTS)
+    users, params, state = build_user_vectors(texts, ev, behaviour_weight=0.36, n_categories=2, text_dim=2)
+    rows = _by_user(users)
+    assert sorted(rows) == ["a", "b", "c", "d"]  # text-only c and events-only d kept
+    assert (rows["c"].n_events, rows["d"].n_texts) == (0, 0)
     n_b = len(params["behaviour_features"])
     a, c, d = _vec(rows, "a"), _vec(rows, "c"), _vec(rows, "d")
     assert a.shape == (2 + n_b,)
     np.testing.assert_allclose(a[:2], [0.8, 0.0], atol=1e-6)  # sqrt(1 - 0.36) * unit text vector
     np.testing.assert_allclose(c[2:], 0.0)  # no events -> average behaviour (z = 0)
     np.testing.assert_allclose(d[:2], 0.0)  # no texts -> zero text part
-    # Behaviour part is sqrt(w) * z / sqrt(d_b).
-    zrow = standardise(*behaviour_features(ev, params["categories"]))[0].where("user_id = 'a'").first()
+    # Behaviour part is sqrt(w) * z / sqrt(d_b), z standardised over the users with events.
+    raw, names = raw_behaviour(state.where("n_events > 0"), params["categories"])
+    zrow = _by_user(standardise(raw, names)[0])["a"]
     expected = [zrow[c] * 0.6 / math.sqrt(n_b) for c in params["behaviour_features"]]
     np.testing.assert_allclose(a[2:], expected, atol=1e-6)
 
 
 def test_without_events_only_text(spark):
-    texts = spark.createDataFrame([("a", [3.0, 4.0], None)], SCHEMA)
-    users, _ = build_user_vectors(texts, None, behaviour_weight=0.5, text_dim=2)
+    users, _, _ = build_user_vectors(_texts(spark, [("a", [3.0, 4.0])]), None, behaviour_weight=0.5, text_dim=2)
     np.testing.assert_allclose(users.first().features.toArray(), [0.6 * math.sqrt(0.5), 0.8 * math.sqrt(0.5)])
+
+
+@pytest.mark.parametrize("pooling", ["mean", "recency"])
+def test_running_update_equals_pooling_everything(spark, pooling):
+    """state(old) combined with state(new) == state(old + new): the assign job's running mean."""
+    rng = np.random.default_rng(1)
+    day = 86400
+
+    def rows(user_days):
+        return [(u, rng.normal(size=3).tolist(), datetime.fromtimestamp(1.7e9 + d * day), lang)
+                for u, d, lang in user_days]
+
+    old_rows = rows([("a", 0, "en"), ("a", 40, "en"), ("b", 5, "zh"), ("c", 1, "en")])
+    new_rows = rows([("a", 20, "zh"), ("a", 90, "zh"), ("b", 2, "zh"), ("d", 3, "en")])  # late, newer, new user
+    old_ev = [("a", "view", None, "x", None), ("c", "rating", 4.0, "y", None)]
+    new_ev = [("a", "rating", 2.0, "x", None), ("e", "purchase", None, "y", None)]
+    kw = dict(pooling=pooling, half_life_days=30.0)
+    old = user_state(_texts(spark, old_rows), spark.createDataFrame(old_ev, EVENTS), updated_by="full", **kw)
+    new = user_state(_texts(spark, new_rows), spark.createDataFrame(new_ev, EVENTS), updated_by="b1", **kw)
+    combined = _by_user(combine_state(old, new, updated_by="b1", **kw))
+    everything = _by_user(user_state(_texts(spark, old_rows + new_rows),
+                                     spark.createDataFrame(old_ev + new_ev, EVENTS), **kw))
+    assert sorted(combined) == ["a", "b", "d", "e"]  # c did not change
+    for u, want in everything.items():
+        if u == "c":
+            continue
+        got = combined[u]
+        assert got.updated_by == "b1"
+        for col in ("n_texts", "last_text_ts", "lang_counts", "n_events", "event_counts", "category_counts",
+                    "rating_count", "last_event_ts"):
+            assert got[col] == want[col], (u, col)
+        assert got.rating_sum == pytest.approx(want.rating_sum)
+        assert got.text_weight == pytest.approx(want.text_weight, rel=1e-12)
+        if want.text_mean is None:
+            assert got.text_mean is None
+        else:
+            np.testing.assert_allclose(got.text_mean, want.text_mean, rtol=1e-9, atol=1e-12)
+
+
+def test_running_update_is_not_applied_twice(spark):
+    old = user_state(_texts(spark, [("a", [1.0, 0.0])]), None, updated_by="full")
+    batch = user_state(_texts(spark, [("a", [0.0, 1.0])]), None, updated_by="b1")
+    once = combine_state(old, batch, updated_by="b1")
+    again = _by_user(combine_state(once, batch, updated_by="b1"))  # a crashed batch, rerun
+    assert again["a"].n_texts == 2
+    np.testing.assert_allclose(again["a"].text_mean, [0.5, 0.5])

@@ -1,0 +1,69 @@
+"""Drift of newly assigned users against the model run they are assigned with.
+
+Three measures, each against the training run's reference (saved in its feature params):
+* far_share  - share of assigned users farther from their centroid than the training run's
+               95th percentile distance (about 0.05 when nothing drifted);
+* psi        - population stability index of the segment shares, sum (a - e) ln(a / e);
+               the usual reading: < 0.1 stable, 0.1-0.25 moderate, > 0.25 a real shift;
+* mean_shift - euclidean distance between the mean feature vector of the assigned users and
+               the training users' mean (features are unit-scale, so 0.1 is sizeable).
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+from pyspark.ml.stat import Summarizer
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+log = logging.getLogger(__name__)
+EPS = 1e-4  # share floor in the PSI: an empty segment must not give an infinite index
+
+
+def drift_reference(assigned: DataFrame) -> dict:
+    """What later assign runs compare against, from the full job's assigned users."""
+    p95 = assigned.approxQuantile("distance", [0.95], 0.001)[0]
+    sizes = {int(r["segment_id"]): int(r["count"]) for r in assigned.groupBy("segment_id").count().collect()}
+    n = sum(sizes.values())
+    mean = assigned.select(Summarizer.mean(F.col("features")).alias("m")).first()["m"]
+    return {"users": n, "distance_p95": float(p95), "segment_shares": {str(k): v / n for k, v in sorted(sizes.items())},
+            "features_mean": [float(x) for x in mean.toArray()]}
+
+
+def psi(expected: dict[str, float], actual: dict[str, float]) -> float:
+    """Population stability index over the union of segments (shares floored at EPS)."""
+    total = 0.0
+    for seg in set(expected) | set(actual):
+        e, a = max(expected.get(seg, 0.0), EPS), max(actual.get(seg, 0.0), EPS)
+        total += (a - e) * math.log(a / e)
+    return total
+
+
+def drift_measures(assigned: DataFrame, reference: dict) -> dict:
+    """far_share, psi, mean_shift and users for the assigned users (one pass + k rows)."""
+    row = assigned.agg(F.count(F.lit(1)).alias("n"),
+                       F.avg((F.col("distance") > F.lit(reference["distance_p95"])).cast("double")).alias("far"),
+                       Summarizer.mean(F.col("features")).alias("m")).first()
+    n = int(row["n"])
+    if n == 0:
+        return {"users": 0, "far_share": None, "psi": None, "mean_shift": None}
+    sizes = {str(r["segment_id"]): int(r["count"]) for r in assigned.groupBy("segment_id").count().collect()}
+    shift = float(np.linalg.norm(row["m"].toArray() - np.asarray(reference["features_mean"])))
+    return {"users": n, "far_share": float(row["far"]), "psi": psi(reference["segment_shares"],
+                                                                    {k: v / n for k, v in sizes.items()}),
+            "mean_shift": shift}
+
+
+def judge(measures: dict, thresholds: dict) -> list[str]:
+    """The measures past their thresholds, as readable reasons (empty: no re-fit needed).
+    Batches smaller than `min_users` are recorded but not judged (too noisy)."""
+    if measures["users"] < thresholds["min_users"]:
+        return []
+    reasons = []
+    for key, limit in (("far_share", "max_far_share"), ("psi", "max_psi"), ("mean_shift", "max_mean_shift")):
+        value = measures.get(key)
+        if value is not None and value > thresholds[limit]:
+            reasons.append(f"{key} {value:.3f} > {thresholds[limit]}")
+    return reasons

@@ -1,0 +1,325 @@
+"""seglake-assign: incremental assignment with a saved model, MERGE, history, drift, resume, streaming."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from deltalake import DeltaTable
+
+from jobs import assign, delta_io, drift, faults
+from jobs.history import read_history, segment_at
+from jobs.segment_users import run as full_run
+from jobs.user_vectors import user_state
+from tests.conftest import local_conf
+
+ROOT = Path(__file__).resolve().parents[1]
+GROUPS = {
+    "f": ["great dress fit soft fabric", "nice shirt size fit", "shoes size soft nice"],
+    "t": ["phone battery screen camera", "laptop battery fast", "camera screen slow phone"],
+    "v": ["hotel flight beach trip", "food pizza noodles taste", "beach trip hotel nice"],
+}
+CATS = {"f": "fashion", "t": "electronics", "v": "travel"}
+
+
+def _table(path) -> pd.DataFrame:
+    return DeltaTable(str(path)).to_pandas()
+
+
+def _csv(path: Path, header: str, rows: list[str]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def _history_inputs(tmp: Path) -> tuple[str, str]:
+    """30 users in 3 vocabulary groups, texts in January, events for two thirds of them."""
+    texts, events = [], []
+    for g, phrases in GROUPS.items():
+        for i in range(10):
+            for j, p in enumerate(phrases):
+                texts.append(f"{g}{i},{p},2026-01-{10 + j:02d}T0{i % 10}:00:00Z,{g}i{i},en")
+            if i % 3:
+                events.append(f"{g}{i},{g}i{i},purchase,,{CATS[g]},2026-01-10T00:00:00Z")
+                events.append(f"{g}{i},{g}i{i},rating,{1 + i % 5},{CATS[g]},2026-01-11T00:00:00Z")
+    return (_csv(tmp / "hist" / "texts.csv", "user_id,text,ts,item_id,lang", texts),
+            _csv(tmp / "hist" / "events.csv", "user_id,item_id,event_type,rating,category,ts", events))
+
+
+# A fashion user turns to tech, heavily (the tech group's own phrases: all in the embedding cache).
+F1_TEXTS = [f"f1,{p},2026-02-01T{h:02d}:00:00Z,x,en" for h, p in enumerate(GROUPS["t"] * 5)]
+OTHER_TEXTS = [
+    "t2,phone camera,2026-02-02T00:00:00Z,x,en",  # a tech user writes more of the same
+    "n1,hotel beach trip flight,2026-02-03T00:00:00Z,x,en",  # two new users
+    "n2,dress shirt fabric,2026-02-03T00:00:00Z,x,en",
+]
+LATE_AND_BAD = [
+    "v3,old text already applied,2026-01-05T00:00:00Z,x,en",  # not after the watermark
+    ",no user id,2026-02-03T00:00:00Z,x,en",
+]
+NEW_TEXTS = F1_TEXTS + OTHER_TEXTS + LATE_AND_BAD
+NEW_EVENTS = ["t2,x,purchase,,electronics,2026-02-02T00:00:00Z", "n3,x,view,,travel,2026-02-03T00:00:00Z"]
+
+
+def _conf(tmp: Path, tiny_model: str, **over) -> dict:
+    texts, events = _history_inputs(tmp)
+    base = {"output": {"root": str(tmp / "lake"), "report": False}, "embed": {"model_path": tiny_model},
+            "input": {"texts": {"path": texts}, "events": {"path": events}},
+            "cluster": {"k": 3, "stability_seeds": 0}, "drift": {"min_users": 1},
+            # Segments by text only, so the test can say where a user who writes differently goes
+            # (events still update the state: n_events, event_counts).
+            "user_vectors": {"behaviour_weight": 0.0}}
+    return local_conf(base, **over)
+
+
+@pytest.fixture(scope="module")
+def full_lake(spark, tiny_model, tmp_path_factory):
+    """A full run on the history; tests copy its lake before changing it."""
+    tmp = tmp_path_factory.mktemp("assign")
+    conf = _conf(tmp, tiny_model, run_id="full1")
+    full_run(spark, conf)
+    return tmp
+
+
+def _copy(full_lake: Path, tmp: Path) -> Path:
+    shutil.copytree(full_lake / "lake", tmp / "lake")
+    return tmp / "lake"
+
+
+def _segments(lake: Path, model_run: str = "full1") -> pd.Series:
+    us = _table(lake / "user_segments")
+    return us[us.run_id == model_run].set_index("user_id").sort_index()
+
+
+def test_full_job_writes_state_and_history(full_lake):
+    lake = full_lake / "lake"
+    uv = _table(lake / "user_vectors")
+    assert len(uv) == 30 and uv.user_id.is_unique and set(uv.n_texts) == {3}
+    assert (uv.updated_by == "full1").all() and uv.model_id.nunique() == 1
+    hist = _table(lake / "segment_history")
+    assert len(hist) == 30 and hist.old_segment_id.isna().all() and (hist.model_run_id == "full1").all()
+    runs = _table(lake / "runs")
+    assert str(runs.texts_watermark[0]).startswith("2026-01-12")
+
+
+def test_reassign_all_reproduces_the_full_job_exactly(spark, tiny_model, full_lake, tmp_path):
+    lake = _copy(full_lake, tmp_path)
+    before = _segments(lake)
+    conf = _conf(tmp_path, tiny_model, run_id="re1")
+    res = assign.run(spark, conf, reassign_all=True)
+    after = _segments(lake)
+    assert res.counts["users_touched"] == 30 and res.counts["users_changed"] == 0
+    # Same state, same function, same model: the very same segment and distance for every user.
+    assert (after.segment_id == before.segment_id).all()
+    np.testing.assert_array_equal(after.distance.to_numpy(), before.distance.to_numpy())
+    assert (after.assigned_by == "re1").all() and len(_table(lake / "user_segments")) == 30
+    d = _table(lake / "drift")
+    assert d.far_share[0] == pytest.approx(0.0333, abs=0.04) and d.psi[0] == pytest.approx(0.0, abs=1e-9)
+    assert d.mean_shift[0] == pytest.approx(0.0, abs=1e-9) and not d.refit_recommended[0]
+
+
+def test_incremental_batch(spark, tiny_model, full_lake, tmp_path):
+    lake = _copy(full_lake, tmp_path)
+    v0 = DeltaTable(str(lake / "user_segments")).version()
+    texts = _csv(tmp_path / "new" / "texts.csv", "user_id,text,ts,item_id,lang", NEW_TEXTS)
+    events = _csv(tmp_path / "new" / "events.csv", "user_id,item_id,event_type,rating,category,ts", NEW_EVENTS)
+    conf = _conf(tmp_path, tiny_model, run_id="a1", assign__texts__path=texts, assign__events__path=events)
+    before = _segments(lake)
+    res = assign.run(spark, conf)
+    c = res.counts
+    # Nothing lost: every row read is applied or quarantined, with its reason.
+    assert (c["texts_read"], c["texts_kept"], c["events_read"], c["events_kept"]) == (20, 18, 2, 2)
+    assert res.reasons == {"texts:before_watermark": 1, "texts:missing_user_id": 1}
+    q = _table(lake / "quarantine")
+    assert sorted(q[q.run_id == "a1"].reason) == ["before_watermark", "missing_user_id"]
+    assert c["users_touched"] == 5 and c["users_new"] == 3  # f1, t2 + n1, n2, n3
+    assert c["texts_embedded_new"] == 3  # only texts not in the cache: f1's are the tech group's
+
+    # user_vectors: running means equal pooling the whole history + new texts at once.
+    uv = _table(lake / "user_vectors").set_index("user_id")
+    assert len(uv) == 33 and uv.loc["f1", "n_texts"] == 18 and uv.loc["t2", "n_events"] == 3
+    assert uv.loc["f0", "updated_by"] == "full1" and uv.loc["f1", "updated_by"] == "a1"
+    assert _table(lake / "text_embeddings").text_hash.is_unique
+
+    # user_segments: MERGEd in place in the model run's partition; untouched users unchanged.
+    after = _segments(lake)
+    assert len(after) == 33 and after.index.is_unique
+    untouched = before.index.difference(["f1", "t2"])
+    assert (after.loc[untouched, "segment_id"] == before.loc[untouched, "segment_id"]).all()
+    assert (after.loc[untouched, "assigned_by"] == "full1").all()
+    assert after.loc["f1", "segment_id"] == after.loc["t0", "segment_id"]  # f1 now writes like the tech group
+    assert after.loc["n1", "segment_id"] == after.loc["v0", "segment_id"]
+
+    # History: f1 moved, the new users arrived; any past segment can be answered.
+    hist = _table(lake / "segment_history")
+    mine = hist[hist.run_id == "a1"].set_index("user_id")
+    assert set(mine.index) == {"f1", "n1", "n2", "n3"}
+    assert mine.loc["f1", "old_segment_id"] == before.loc["f1", "segment_id"]
+    assert pd.isna(mine.loc["n1", "old_segment_id"])
+    h = read_history(spark, str(lake), "delta-rs")
+    t_full = hist[hist.run_id == "full1"].changed_at.max()
+    assert segment_at(h, "f1", t_full)["new_segment_id"] == before.loc["f1", "segment_id"]
+    assert segment_at(h, "f1", mine.loc["f1", "changed_at"])["new_segment_id"] == after.loc["f1", "segment_id"]
+    assert segment_at(h, "n1", t_full) is None
+    # ... and Delta time travel shows the table as it was.
+    old = delta_io.read_table(spark, str(lake / "user_segments"), engine="delta-rs", version=v0).toPandas()
+    assert len(old) == 30
+
+    # Watermarks advanced; the run and its drift are recorded.
+    ar = _table(lake / "assign_runs").set_index("run_id")
+    assert ar.loc["a1", "status"] == "succeeded" and str(ar.loc["a1", "texts_watermark"]).startswith("2026-02-03")
+    assert _table(lake / "drift").set_index("run_id").loc["a1", "users"] == 5
+
+    # The same run again, now without the watermark: what it applied is not applied twice; the
+    # late row it had quarantined is applied now, once.
+    again = assign.run(spark, {**conf, "assign": {**conf["assign"], "watermark": False}})
+    assert again.counts["users_touched"] == 6
+    uv2 = _table(lake / "user_vectors").set_index("user_id")
+    assert uv2.loc["f1", "n_texts"] == 18 and uv2.loc["t2", "n_events"] == 3 and uv2.loc["v3", "n_texts"] == 4
+    hist2 = _table(lake / "segment_history")
+    assert set(hist2[hist2.run_id == "a1"].user_id) >= {"f1", "n1", "n2", "n3"}
+    assert hist2[hist2.run_id == "a1"].user_id.is_unique
+
+
+def test_running_state_matches_pooling_everything(spark, tiny_model, full_lake, tmp_path):
+    """After an incremental batch, a touched user's stored state equals the state of all their texts."""
+    lake = _copy(full_lake, tmp_path)
+    texts = _csv(tmp_path / "new" / "texts.csv", "user_id,text,ts,item_id,lang", F1_TEXTS + OTHER_TEXTS[:1])
+    conf = _conf(tmp_path, tiny_model, run_id="a2", assign__texts__path=texts)
+    assign.run(spark, conf)
+    uv = _table(lake / "user_vectors").set_index("user_id")
+    # The reference: every text of f1 / t2, embedded through the cache, pooled at once.
+    emb = delta_io.read_table(spark, str(lake / "text_embeddings"), engine="delta-rs")
+    hist_texts = spark.read.option("header", True).csv(conf["input"]["texts"]["path"])
+    new_texts = spark.read.option("header", True).csv(texts)
+    from jobs.clean import clean_texts
+    from pyspark.sql import functions as F
+
+    rows = (hist_texts.unionByName(new_texts).where(F.col("user_id").isin("f1", "t2"))
+            .withColumn("ts", F.to_timestamp("ts")).withColumn("reason", F.lit(None).cast("string"))
+            .transform(clean_texts)
+            .withColumn("text_hash", F.sha2("text_clean", 256))
+            .join(emb.select("text_hash", "embedding").dropDuplicates(["text_hash"]), "text_hash"))
+    want = {r.user_id: r for r in user_state(rows, None).collect()}
+    for u in ("f1", "t2"):
+        assert uv.loc[u, "n_texts"] == want[u].n_texts
+        np.testing.assert_allclose(uv.loc[u, "text_mean"], want[u].text_mean, rtol=1e-9, atol=1e-12)
+
+
+def test_crashed_batch_is_resumed_not_applied_twice(spark, tiny_model, full_lake, tmp_path, monkeypatch):
+    lake = _copy(full_lake, tmp_path)
+    texts = _csv(tmp_path / "new" / "texts.csv", "user_id,text,ts,item_id,lang", NEW_TEXTS)
+    conf = _conf(tmp_path, tiny_model, assign__texts__path=texts)
+
+    class Crash(RuntimeError):
+        pass
+
+    def crash(point, run_id):
+        if point == "after_history":
+            raise Crash(point)
+
+    monkeypatch.setattr(assign, "crash_point", crash)
+    with pytest.raises(Crash):
+        assign.run(spark, conf)  # user_vectors and history committed, user_segments not
+    crashed = _table(lake / "assign_runs")
+    assert list(crashed.status) == ["failed"]
+    monkeypatch.setattr(assign, "crash_point", faults.crash_point)
+    res = assign.run(spark, conf)  # picks the unfinished batch up again, under its run id
+    assert res.run_id == crashed.run_id[0]
+    uv = _table(lake / "user_vectors").set_index("user_id")
+    assert uv.loc["f1", "n_texts"] == 18  # not 33
+    hist = _table(lake / "segment_history")
+    assert set(hist[hist.run_id == res.run_id].user_id) == {"f1", "n1", "n2"}
+    assert list(_table(lake / "assign_runs").status) == ["succeeded"]
+
+
+def test_drift_is_flagged_and_refit(spark, tiny_model, full_lake, tmp_path, capsys):
+    """Users unlike anyone in training: far from every centroid, all in one segment. The drift
+    row recommends a re-fit and --refit-if-drifted runs the full job on input.*."""
+    import yaml
+
+    lake = _copy(full_lake, tmp_path)
+    zh = [f"z{i},这件连衣裙面料很舒服 手机电池续航强,2026-03-01T00:00:00Z,x,zh" for i in range(12)]
+    texts = _csv(tmp_path / "new" / "texts.csv", "user_id,text,ts,item_id,lang", zh)
+    conf = _conf(tmp_path, tiny_model)
+    profile = tmp_path / "conf.yaml"
+    profile.write_text(yaml.safe_dump({k: conf[k] for k in ("input", "embed", "cluster", "drift", "user_vectors")}
+                                      | {"output": {"report": False}}), encoding="utf-8")
+    rc = assign.main(["--conf", str(profile), "--output", str(lake), "--texts", texts, "--run-id", "d1",
+                      "--refit-if-drifted"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "re-fit recommended: far_share" in out and "SegLake run " in out
+    d = _table(lake / "drift").set_index("run_id").loc["d1"]
+    assert d.refit_recommended and d.far_share > 0.5 and d.psi > 0.25
+    runs = _table(lake / "runs")
+    assert len(runs) == 2 and (runs.status == "succeeded").all()  # the original full run and the re-fit
+    refit = runs[runs.run_id != "full1"].run_id.iloc[0]
+    assert len(_segments(lake, refit)) == 30
+
+
+def test_psi_and_judge():
+    assert drift.psi({"0": 0.5, "1": 0.5}, {"0": 0.5, "1": 0.5}) == 0.0
+    assert drift.psi({"0": 0.5, "1": 0.5}, {"0": 0.9, "1": 0.1}) == pytest.approx(
+        0.4 * np.log(0.9 / 0.5) - 0.4 * np.log(0.1 / 0.5))
+    th = {"max_far_share": 0.15, "max_psi": 0.25, "max_mean_shift": 0.25, "min_users": 10}
+    assert drift.judge({"users": 5, "far_share": 1.0, "psi": 9, "mean_shift": 9}, th) == []  # too few to judge
+    assert drift.judge({"users": 50, "far_share": 0.2, "psi": 0.1, "mean_shift": 0.0}, th) == ["far_share 0.200 > 0.15"]
+
+
+def test_cli(spark, tiny_model, full_lake, tmp_path, capsys):
+    lake = _copy(full_lake, tmp_path)
+    texts = _csv(tmp_path / "new" / "texts.csv", "user_id,text,ts,item_id,lang", OTHER_TEXTS[1:])
+    rc = assign.main(["--conf", str(ROOT / "conf" / "local.yaml"), "--output", str(lake), "--texts", texts,
+                      "--model-path", tiny_model, "--run-id", "cli1"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "SegLake assign run cli1 (model run full1)" in out and "users touched 2" in out
+    assert assign.main(["--output", str(tmp_path / "empty"), "--texts", texts, "--model-path", tiny_model]) == 3
+    assert "run seglake-segment" in capsys.readouterr().err
+    assert assign.main(["--output", str(lake)]) == 2
+    assert "--texts" in capsys.readouterr().err
+
+
+def _assign_cli(lake: Path, tiny_model: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "jobs.assign", "--conf", str(ROOT / "conf" / "local.yaml"), "--output", str(lake),
+           "--model-path", tiny_model, *args]
+    return subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.slow
+def test_stream_killed_and_restarted_equals_one_batch(spark, tiny_model, full_lake, tmp_path):
+    """availableNow over a folder of 3 text files (one per micro-batch) and an events folder;
+    the driver is SIGKILLed right after committing user_vectors in the second micro-batch,
+    then restarted: the result equals one batch run over the same files."""
+    stream_lake = _copy(full_lake, tmp_path / "s")
+    batch_lake = _copy(full_lake, tmp_path / "b")
+    header = "user_id,text,ts,item_id,lang"
+    for i, chunk in enumerate((F1_TEXTS[:8], F1_TEXTS[8:], OTHER_TEXTS)):
+        _csv(tmp_path / "in" / "texts" / f"part-{i}.csv", header, chunk)
+    _csv(tmp_path / "in" / "events" / "part-0.csv", "user_id,item_id,event_type,rating,category,ts", NEW_EVENTS)
+    inputs = ["--texts", str(tmp_path / "in" / "texts"), "--events", str(tmp_path / "in" / "events")]
+    stream = ["--stream", "--max-files-per-trigger", "1", "--checkpoint", str(tmp_path / "ckpt"), "--run-id", "s"]
+
+    killed = _assign_cli(stream_lake, tiny_model, *inputs, *stream,
+                         env={faults.ENV: "after_user_vectors:s-000001"})
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    restarted = _assign_cli(stream_lake, tiny_model, *inputs, *stream)
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    once = _assign_cli(batch_lake, tiny_model, *inputs, "--run-id", "one")
+    assert once.returncode == 0, once.stderr[-3000:]
+
+    runs = _table(stream_lake / "assign_runs")
+    assert sorted(runs.run_id) == ["s-000000", "s-000001", "s-000002"] and (runs.status == "succeeded").all()
+    s, b = _segments(stream_lake), _segments(batch_lake)
+    assert list(s.index) == list(b.index) and len(s) == 33
+    assert (s.segment_id == b.segment_id).all()
+    sv = _table(stream_lake / "user_vectors").set_index("user_id").sort_index()
+    bv = _table(batch_lake / "user_vectors").set_index("user_id").sort_index()
+    assert (sv.n_texts == bv.n_texts).all() and (sv.n_events == bv.n_events).all()
+    np.testing.assert_allclose(np.vstack(sv.text_mean.dropna()), np.vstack(bv.text_mean.dropna()), atol=1e-9)
+    assert sv.loc["f1", "n_texts"] == 18  # the replayed micro-batch was not applied twice
