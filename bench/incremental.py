@@ -66,6 +66,8 @@ def prepare(work: Path, users: int, share: float, seed: int) -> dict:
         picked = table.filter(mask)
         pdf = picked.to_pandas().drop_duplicates("user_id", keep="last")
         pdf["ts"] = "2027-01-01T00:00:00Z"
+        if name == "texts":  # a new text, not a copy of one already in the embedding cache
+            pdf["text"] = pdf["text"] + " (update)"
         hist_dir, new_dir = work / f"hist-{users}", work / f"new-{users}"
         hist_dir.mkdir(parents=True, exist_ok=True)
         new_dir.mkdir(parents=True, exist_ok=True)

@@ -242,7 +242,11 @@ def assign_batch(spark: SparkSession, conf: dict, texts: DataFrame | None, event
                 done_before = old.where(F.col("assigned_by") == run_id).limit(1).count() > 0
                 rows = _user_segment_rows(spark, t, engine, assigned, old, kept_texts, conf, model_run.run_id, run_id)
                 history = history_rows(assigned, old, run_id, model_run.run_id)
-                res.drift = drift.drift_measures(assigned, params["drift_reference"])
+                # PSI over everyone after this batch: the model partition moved by this batch's
+                # changes (already included when an earlier attempt committed user_segments).
+                population = drift.population_sizes(seg_table.where(F.col("run_id") == model_run.run_id),
+                                                    None if done_before else history)
+                res.drift = drift.drift_measures(assigned, params["drift_reference"], population)
                 res.refit_reasons = drift.judge(res.drift, conf["drift"])
                 counts["users_new"] = counts["users_touched"] - old.count()
 

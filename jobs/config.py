@@ -87,6 +87,10 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+FREE_FORM = ("spark.conf", "input.texts.options", "input.events.options", "assign.texts.options",
+             "assign.events.options")
+
+
 class ConfigError(ValueError):
     """A configuration problem, with the offending key in the message."""
 
@@ -97,11 +101,14 @@ def _merge(base: dict, override: dict, path: str = "") -> dict:
         where = f"{path}{key}"
         if key not in base:
             raise ConfigError(f"unknown config key '{where}' (known: {', '.join(sorted(base))})")
-        free_form = where in ("spark.conf", "input.texts.options", "input.events.options")
-        if isinstance(base[key], dict) and not free_form:
+        if isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{where}' must be a mapping, got {value!r}")
-            out[key] = _merge(base[key], value, where + ".")
+            if where in FREE_FORM:
+                # Any keys (Spark settings, reader options); a later layer adds or replaces keys.
+                out[key] = {**out[key], **copy.deepcopy(value)}
+            else:
+                out[key] = _merge(base[key], value, where + ".")
         else:
             out[key] = copy.deepcopy(value)
     return out

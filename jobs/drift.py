@@ -3,8 +3,9 @@
 Three measures, each against the training run's reference (saved in its feature params):
 * far_share  - share of assigned users farther from their centroid than the training run's
                95th percentile distance (about 0.05 when nothing drifted);
-* psi        - population stability index of the segment shares, sum (a - e) ln(a / e);
-               the usual reading: < 0.1 stable, 0.1-0.25 moderate, > 0.25 a real shift;
+* psi        - population stability index of the segment shares of the whole population
+               after the batch, sum (a - e) ln(a / e); the usual reading: < 0.1 stable,
+               0.1-0.25 moderate, > 0.25 a real shift;
 * mean_shift - euclidean distance between the mean feature vector of the assigned users and
                the training users' mean (features are unit-scale, so 0.1 is sizeable).
 """
@@ -41,18 +42,36 @@ def psi(expected: dict[str, float], actual: dict[str, float]) -> float:
     return total
 
 
-def drift_measures(assigned: DataFrame, reference: dict) -> dict:
-    """far_share, psi, mean_shift and users for the assigned users (one pass + k rows)."""
+def population_sizes(current: DataFrame, history: DataFrame | None) -> dict[str, int]:
+    """Segment sizes of the model's whole population once this batch is applied: `current`
+    (the user_segments rows of the model run, before the batch) moved by `history` (this
+    batch's rows: old_segment_id -1, new_segment_id +1). k rows reach the driver."""
+    sizes = {str(r["segment_id"]): int(r["count"]) for r in current.groupBy("segment_id").count().collect()}
+    if history is not None:
+        for col, sign in (("old_segment_id", -1), ("new_segment_id", 1)):
+            for r in history.where(F.col(col).isNotNull()).groupBy(col).count().collect():
+                sizes[str(r[col])] = sizes.get(str(r[col]), 0) + sign * int(r["count"])
+    return sizes
+
+
+def drift_measures(assigned: DataFrame, reference: dict, population: dict[str, int] | None = None) -> dict:
+    """far_share and mean_shift of the assigned users (one pass), and the PSI of segment
+    shares against training: of `population` (segment sizes of everyone after the batch;
+    see population_sizes) when given, else of the assigned users. The population is the
+    better default: touched users are the active ones, whose segment mix differs from
+    everyone's without any drift."""
     row = assigned.agg(F.count(F.lit(1)).alias("n"),
                        F.avg((F.col("distance") > F.lit(reference["distance_p95"])).cast("double")).alias("far"),
                        Summarizer.mean(F.col("features")).alias("m")).first()
     n = int(row["n"])
     if n == 0:
         return {"users": 0, "far_share": None, "psi": None, "mean_shift": None}
-    sizes = {str(r["segment_id"]): int(r["count"]) for r in assigned.groupBy("segment_id").count().collect()}
+    if population is None:
+        population = {str(r["segment_id"]): int(r["count"]) for r in assigned.groupBy("segment_id").count().collect()}
+    total = sum(population.values()) or 1
     shift = float(np.linalg.norm(row["m"].toArray() - np.asarray(reference["features_mean"])))
-    return {"users": n, "far_share": float(row["far"]), "psi": psi(reference["segment_shares"],
-                                                                    {k: v / n for k, v in sizes.items()}),
+    return {"users": n, "far_share": float(row["far"]),
+            "psi": psi(reference["segment_shares"], {k: v / total for k, v in population.items()}),
             "mean_shift": shift}
 
 

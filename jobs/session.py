@@ -15,6 +15,12 @@ BASE_CONF = {
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.sql.execution.arrow.maxRecordsPerBatch": "2048",
     "spark.sql.adaptive.enabled": "true",
+    # The UI keeps every query's plan text; this job's plans are long (wide feature arrays,
+    # file lists from the Delta log) and one driver runs hundreds of queries (streaming: without
+    # end). Measured: a second full run on 200k users in one 4 GB driver died of heap space
+    # while rendering a plan string. Cap the text and the history kept.
+    "spark.sql.maxPlanStringLength": "200000",
+    "spark.sql.ui.retainedExecutions": "100",
 }
 
 

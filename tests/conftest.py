@@ -53,6 +53,7 @@ def spark():
         # One driver serves hundreds of jobs here: keep the UI listeners' history short (their
         # plans and metrics otherwise pile up in the heap over a whole test run).
         .config("spark.sql.ui.retainedExecutions", "50")
+        .config("spark.sql.maxPlanStringLength", "200000")
         .config("spark.ui.retainedJobs", "100")
         .config("spark.ui.retainedStages", "100")
         .config("spark.python.worker.reuse", "true")

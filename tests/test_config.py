@@ -24,6 +24,18 @@ def test_flags_override_file():
     assert conf["input"]["events"]["path"] == "data/sample/events.csv"
 
 
+def test_free_form_sections_merge_by_key():
+    """A layer adds to spark.conf and reader options instead of replacing the profile's."""
+    conf = config.load("conf/local.yaml", {**BASE, "spark": {"conf": {"spark.sql.shuffle.partitions": 4,
+                                                                        "spark.executor.cores": 1}},
+                                           "assign": {"texts": {"options": {"sep": ";"}}}})
+    assert conf["spark"]["conf"]["spark.sql.shuffle.partitions"] == 4  # replaced
+    assert conf["spark"]["conf"]["spark.driver.memory"] == "4g"  # kept from conf/local.yaml
+    assert conf["spark"]["conf"]["spark.executor.cores"] == 1 and conf["assign"]["texts"]["options"] == {"sep": ";"}
+    with pytest.raises(config.ConfigError, match="spark.conf"):
+        config.load(None, {**BASE, "spark": {"conf": "x"}})
+
+
 @pytest.mark.parametrize("override, key", [
     ({"cluster": {"k": 1}}, "cluster.k"),
     ({"cluster": {"k": "many"}}, "cluster.k"),
