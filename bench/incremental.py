@@ -33,10 +33,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from jobs.session import local_env  # noqa: E402 - needs the repo on sys.path
+
+local_env()
 
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402

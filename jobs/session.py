@@ -24,6 +24,15 @@ BASE_CONF = {
 }
 
 
+def local_env() -> None:
+    """For scripts and tests that start Spark themselves: Python workers use this interpreter
+    (the venv), nothing reaches for a model hub, tokenizers leave the cores to Spark's tasks."""
+    for key, value in (("PYSPARK_PYTHON", sys.executable), ("PYSPARK_DRIVER_PYTHON", sys.executable),
+                       ("HF_HUB_OFFLINE", "1"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+                       ("TOKENIZERS_PARALLELISM", "false")):
+        os.environ.setdefault(key, value)
+
+
 def build_session(spark_conf: dict) -> SparkSession:
     """Get or create the session. A master set by spark-submit, Databricks or an existing
     session wins over the conf's `master`, which only applies to plain `python -m` runs."""

@@ -1,7 +1,6 @@
 """Shared fixtures: one local[2] SparkSession for the whole run, and a tiny random BERT."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -9,11 +8,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from jobs.session import local_env  # noqa: E402 - needs the repo on sys.path
+
+local_env()
 
 TINY_WORDS = (
     "the a is and of to in it this was very good great bad fit dress shirt shoes size fabric phone laptop battery "
