@@ -46,10 +46,9 @@ STATE_COLUMNS = ("user_id", "text_mean", "text_weight", "n_texts", "last_text_ts
 _EMPTY_COUNTS = "map<string,bigint>"
 
 
-def _unit(col):
-    """L2-normalise an array column in the JVM (zero vectors stay zero)."""
-    norm = F.sqrt(F.aggregate(col, F.lit(0.0), lambda acc, x: acc + x * x))
-    return F.when(norm > 0, F.transform(col, lambda x: x / norm)).otherwise(col)
+def _norm(col):
+    """L2 norm of an array column, in the JVM."""
+    return F.sqrt(F.aggregate(col, F.lit(0.0), lambda acc, x: acc + x * x))
 
 
 def _count_map(df: DataFrame, key: str) -> DataFrame:
@@ -272,7 +271,12 @@ def features(state: DataFrame, params: dict) -> DataFrame:
     names = list(params.get("behaviour_features") or [])
     wt = math.sqrt(1.0 - w)
     zero_text = F.array_repeat(F.lit(0.0), int(params["text_dim"]))
-    text = F.coalesce(_unit(F.col("text_mean")), zero_text)
+    # The norm gets its own column: inside the transform's lambda it would be recomputed for
+    # every element (d^2 work per user). Zero vectors stay zero; no texts -> zero text part.
+    state = state.withColumn("_norm", _norm(F.col("text_mean")))
+    unit = F.when(F.col("_norm") > 0, F.transform("text_mean", lambda x: x / F.col("_norm"))).otherwise(
+        F.col("text_mean"))
+    text = F.coalesce(unit, zero_text)
     if not names or w == 0:
         df, arr = state, F.transform(text, lambda x: x * wt)
     else:
