@@ -98,13 +98,9 @@ def tables(root: str) -> dict[str, str]:
     return {t: f"{root}/{t}" for t in names}
 
 
-def _read(spark: SparkSession, path: str, engine: str) -> DataFrame | None:
-    return delta_io.read_table(spark, path, engine=engine) if delta_io.table_exists(path) else None
-
-
 def find_model_run(spark: SparkSession, root: str, engine: str = "auto", run_id: str | None = None) -> ModelRun:
     """The given run, or the latest succeeded full run that saved a model."""
-    runs = _read(spark, tables(root)["runs"], engine)
+    runs = delta_io.read_table_if_exists(spark, tables(root)["runs"], engine=engine)
     if runs is None:
         raise ingest.InputError(f"no runs table under {root}: run seglake-segment (the full job) first")
     ok = runs.where((F.col("status") == "succeeded") & F.col("model_path").isNotNull())
@@ -126,7 +122,7 @@ def last_watermarks(spark: SparkSession, root: str, engine: str = "auto") -> dic
     t = tables(root)
     rows = []
     for name in ("runs", "assign_runs"):
-        df = _read(spark, t[name], engine)
+        df = delta_io.read_table_if_exists(spark, t[name], engine=engine)
         if df is not None:
             rows += (df.where(F.col("status") == "succeeded").orderBy(F.desc("finished_at"))
                      .select("finished_at", "texts_watermark", "events_watermark").limit(1).collect())
@@ -139,7 +135,7 @@ def last_watermarks(spark: SparkSession, root: str, engine: str = "auto") -> dic
 def unfinished_batch(spark: SparkSession, root: str, engine: str = "auto") -> str | None:
     """The run id of a batch-mode assign run that started and never succeeded, if the latest
     one did not: it may be partly committed, so it must be finished under the same id."""
-    runs = _read(spark, tables(root)["assign_runs"], engine)
+    runs = delta_io.read_table_if_exists(spark, tables(root)["assign_runs"], engine=engine)
     if runs is None:
         return None
     rows = runs.where(F.col("mode") == "batch").orderBy(F.desc("started_at")).limit(1).collect()
@@ -211,7 +207,7 @@ def assign_batch(spark: SparkSession, conf: dict, texts: DataFrame | None, event
                 kept_texts = keep(kept_texts)
 
         with stage("user_vectors", timings):
-            stored = _read(spark, t["user_vectors"], engine)
+            stored = delta_io.read_table_if_exists(spark, t["user_vectors"], engine=engine)
             if stored is None:
                 raise ingest.InputError(f"no user_vectors table under {root}: run seglake-segment (the full job) first")
             other = stored.where(F.col("model_id") != mid).limit(1).collect()
@@ -234,8 +230,9 @@ def assign_batch(spark: SparkSession, conf: dict, texts: DataFrame | None, event
             with stage("assign", timings):
                 model = model_run.load()
                 assigned = keep(cluster.assign(features(state, params), model, model_run.distance))
-                seg_table = _read(spark, t["user_segments"], engine)
-                old = (seg_table.where(F.col("run_id") == model_run.run_id)
+                model_segments = (delta_io.read_table(spark, t["user_segments"], engine=engine)
+                                  .where(F.col("run_id") == model_run.run_id))
+                old = (model_segments
                        .join(state.select("user_id"), "user_id", "left_semi")
                        .select("user_id", "segment_id", F.col("matched_terms").alias("_old_terms"), "assigned_by"))
                 old = keep(old)
@@ -244,8 +241,7 @@ def assign_batch(spark: SparkSession, conf: dict, texts: DataFrame | None, event
                 history = history_rows(assigned, old, run_id, model_run.run_id)
                 # PSI over everyone after this batch: the model partition moved by this batch's
                 # changes (already included when an earlier attempt committed user_segments).
-                population = drift.population_sizes(seg_table.where(F.col("run_id") == model_run.run_id),
-                                                    None if done_before else history)
+                population = drift.population_sizes(model_segments, None if done_before else history)
                 res.drift = drift.drift_measures(assigned, params["drift_reference"], population)
                 res.refit_reasons = drift.judge(res.drift, conf["drift"])
                 counts["users_new"] = counts["users_touched"] - old.count()
@@ -262,9 +258,7 @@ def assign_batch(spark: SparkSession, conf: dict, texts: DataFrame | None, event
                     committed = (delta_io.read_table(spark, t["segment_history"], engine=engine)
                                  .where(F.col("run_id") == run_id))
                     history = committed.unionByName(history.join(redone, "user_id", "left_anti"))
-                delta_io.write_run(history, t["segment_history"], run_id, engine=engine)
-                counts["users_changed"] = (delta_io.read_table(spark, t["segment_history"], engine=engine)
-                                           .where(F.col("run_id") == run_id).count())
+                counts["users_changed"] = delta_io.write_run(history, t["segment_history"], run_id, engine=engine)
                 delta_io.write_run(_drift_row(spark, res, model_run), t["drift"], run_id, engine=engine)
                 crash_point("after_history", run_id)
                 delta_io.merge(rows, t["user_segments"], ["run_id", "user_id"], engine=engine, partition_by="run_id",

@@ -951,6 +951,11 @@ def table_version(spark: SparkSession, path: str, *, engine: str = "auto") -> in
     return DeltaTable(_table_uri(path)).version()
 
 
+def read_table_if_exists(spark: SparkSession, path: str, *, engine: str = "auto") -> DataFrame | None:
+    """read_table for a table that may not have been created yet (None then)."""
+    return read_table(spark, path, engine=engine) if table_exists(path) else None
+
+
 def table_exists(path: str) -> bool:
     """True when `path` holds a Delta table (a readable _delta_log)."""
     from deltalake import DeltaTable

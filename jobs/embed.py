@@ -99,9 +99,9 @@ def embed_cached(texts: DataFrame, cache_path: str, run_id: str, ec: dict, *, en
     persist = persist or (lambda d: d.persist())
     spark = texts.sparkSession
     mid = embed_model_id(ec)
-    cache = None
-    if delta_io.table_exists(cache_path):
-        cache = delta_io.read_table(spark, cache_path, engine=engine).where(F.col("model_id") == mid)
+    cache = delta_io.read_table_if_exists(spark, cache_path, engine=engine)
+    if cache is not None:
+        cache = cache.where(F.col("model_id") == mid)
     settings = {k: ec[k] for k in ("batch_size", "token_budget", "max_tokens", "device", "precision")}
     hits, new = embed_with_cache(texts, cache, ec["model_path"], partitions=ec["partitions"],
                                  threads=ec["threads_per_task"], **settings)
