@@ -47,6 +47,7 @@ from jobs.profile import user_terms
 from jobs.segment_users import new_run_id, run_scope, stage
 from jobs.session import build_session, setup_logging
 from jobs.user_vectors import STATE_COLUMNS, combine_state, features, user_state
+from udfs.embedding import resolve_model_path
 
 log = logging.getLogger("seglake.assign")
 UPDATE_IF_NOT_APPLIED = "t.updated_by IS NULL OR t.updated_by <> s.updated_by"
@@ -465,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.refit_if_drifted and not conf["input"]["texts"]["path"]:
             raise config.ConfigError("input.texts.path: --refit-if-drifted runs the full job, which needs the full "
                                      "history under input.texts (and input.events)")
+        resolve_model_path(conf["embed"]["model_path"])  # before any Spark work
     except (config.ConfigError, ValueError) as exc:
         print(f"seglake-assign: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -426,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     try:
         conf = config.load(args.conf, overrides_from_args(args))
+        resolve_model_path(conf["embed"]["model_path"])  # a bad model directory fails before any Spark work
     except (config.ConfigError, ValueError) as exc:
         print(f"seglake-segment: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -1,10 +1,12 @@
 """Embedding: encoder behaviour on a tiny model, the Spark UDF, and parity with sentence-transformers."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
 from jobs.embed import embed_texts
-from udfs.embedding import load_encoder, resolve_model_path
+from udfs.embedding import ModelDirError, load_encoder, resolve_model_path
 
 TEXTS = ["great dress fit", "phone battery is bad", "这件连衣裙面料很舒服", "ok", "great dress fit",
          "the movie plot was very good and the actor was great " * 8]
@@ -44,8 +46,43 @@ def test_max_tokens_truncates(tiny_model):
 
 
 def test_missing_model_dir_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="model.path"):
+    with pytest.raises(ModelDirError, match="model_path .* is not a directory"):
         resolve_model_path(str(tmp_path / "missing"))
+    with pytest.raises(ModelDirError, match="hub id"):
+        resolve_model_path("bert-base/chinese")
+    with pytest.raises(ModelDirError, match="local directory"):
+        resolve_model_path("s3://bucket/models/bert")
+
+
+def test_model_dir_needs_config_tokenizer_and_safetensors(tmp_path, tiny_model):
+    import shutil
+
+    d = tmp_path / "m"
+    shutil.copytree(tiny_model, d)
+    (d / "config.json").rename(d / "config.bak")
+    with pytest.raises(ModelDirError, match="lacks config.json"):
+        resolve_model_path(str(d))
+    (d / "config.bak").rename(d / "config.json")
+    for f in ("tokenizer.json", "vocab.txt"):
+        (d / f).unlink()
+    with pytest.raises(ModelDirError, match="lacks a tokenizer"):
+        resolve_model_path(str(d))
+    shutil.copy(Path(tiny_model) / "vocab.txt", d / "vocab.txt")
+    # Pickle weights only: refused (unpickling can run code), with the way to convert.
+    (d / "model.safetensors").rename(d / "pytorch_model.bin")
+    with pytest.raises(ModelDirError, match="safetensors only"):
+        resolve_model_path(str(d))
+    (d / "pytorch_model.bin").rename(d / "model.safetensors")
+    assert resolve_model_path(str(d)) == str(d)
+
+
+def test_bad_model_dir_fails_before_spark_starts(tmp_path, capsys, monkeypatch):
+    from jobs import segment_users
+
+    # build_session must never be reached: the check runs right after the conf is loaded.
+    monkeypatch.setattr(segment_users, "build_session", lambda *a, **k: pytest.fail("Spark was started"))
+    code = segment_users.main(["--texts", str(tmp_path), "--model-path", str(tmp_path / "nope")])
+    assert code == 2 and "is not a directory" in capsys.readouterr().err
 
 
 def test_spark_stage_matches_direct_encoding(spark, tiny_model):

