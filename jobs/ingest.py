@@ -206,14 +206,18 @@ def split_quarantine(df: DataFrame) -> tuple[DataFrame, DataFrame]:
 
 def to_quarantine(rejected: DataFrame, input_name: str, source: str, run_id: str) -> DataFrame:
     """Rows for the quarantine table: the row as JSON (raw line for malformed records)."""
+    from udfs.text_clean import mask_record_udf
+
     data_cols = [c for c in rejected.columns if c not in (REASON, CORRUPT, "ts_raw", "ts")]
     record = F.to_json(F.struct(*data_cols, F.col("ts_raw").alias("ts")))
+    # Rejected rows are stored too, so they are PII-masked like everything else (e-mails,
+    # phones, IDs, cards, URLs); the rest of the record is kept to show what went wrong.
     return rejected.select(
         F.lit(run_id).alias("run_id"),
         F.lit(input_name).alias("input"),
         F.lit(source).alias("source"),
         F.col(REASON).alias("reason"),
-        F.coalesce(F.col(CORRUPT), record).alias("record"),
+        mask_record_udf()(F.coalesce(F.col(CORRUPT), record)).alias("record"),
         F.current_timestamp().alias("quarantined_at"),
     )
 

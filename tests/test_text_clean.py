@@ -71,3 +71,14 @@ def test_terms_english_and_chinese():
     assert zh == ["这件", "连衣裙", "面料", "舒服"]  # jieba words, stop words (的, 很) removed
     assert "battery life" in terms("battery life", bigrams=True)
     assert terms("[EMAIL] [PHONE]") == []
+
+
+def test_quarantine_records_are_masked_but_kept():
+    from udfs.text_clean import mask_record, pii_kinds
+
+    raw = '{"user_id":"u1","text":"mail me a.b@x.com or +86 138 1234 5678, ID 11010519491231002X","ts":"bad"}'
+    out = mask_record(raw)
+    assert "[EMAIL]" in out and "[PHONE]" in out and "[ID]" in out and '"ts":"bad"' in out
+    assert pii_kinds(raw) and not pii_kinds(out)
+    # Dates and sizes are not phone numbers.
+    assert pii_kinds("2026-01-01 and 1920 1080") == []

@@ -190,10 +190,41 @@ def terms_udf(bigrams: bool = True):
     return _terms
 
 
+def mask_record(text: str | None) -> str | None:
+    """A quarantined record as stored: NFKC-normalised and PII-masked, otherwise as it came
+    (tags, broken JSON, odd whitespace stay, so the record still shows what went wrong)."""
+    if text is None:
+        return None
+    return mask_pii(unicodedata.normalize("NFKC", text))
+
+
+def mask_record_udf():
+    """pandas UDF: string -> `mask_record(string)`."""
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf("string")
+    def _mask(values: pd.Series) -> pd.Series:
+        return pd.Series([mask_record(v) if isinstance(v, str) else None for v in values], dtype=object)
+
+    return _mask
+
+
+# What counts as leaked PII when scanning outputs: the masking patterns themselves, with the
+# phone rule's digit threshold applied (see _mask_phone).
+_PII_CHECKS = (("email", _EMAIL_RE), ("url", _URL_RE), ("cn_id", _CN_ID_RE), ("cn_mobile", _CN_MOBILE_RE),
+               ("card", _CARD_RE))
+
+
+def pii_kinds(value: str | None) -> list[str]:
+    """The kinds of PII still present in `value` (empty when clean)."""
+    if not value:
+        return []
+    found = [kind for kind, rx in _PII_CHECKS if rx.search(value)]
+    if any(_mask_phone(m) == PHONE_TOKEN for m in _INTL_PHONE_RE.finditer(value)):
+        found.append("phone")
+    return found
+
+
 def contains_pii(values: Iterable[str]) -> list[str]:
     """Strings among `values` that still look like PII (used by tests and output checks)."""
-    hits = []
-    for v in values:
-        if v and (_EMAIL_RE.search(v) or _CN_MOBILE_RE.search(v) or _URL_RE.search(v)):
-            hits.append(v)
-    return hits
+    return [v for v in values if pii_kinds(v)]
