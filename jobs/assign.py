@@ -39,7 +39,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import cluster, config, delta_io, drift, ingest
-from jobs.clean import clean_texts
+from jobs.clean import prepare_events, prepare_texts, rules
 from jobs.embed import embed_cached, embed_model_id
 from jobs.faults import crash_point
 from jobs.history import history_rows
@@ -170,15 +170,12 @@ def assign_batch(spark: SparkSession, conf: dict, texts: DataFrame | None, event
 
     with run_scope(record_failure, f"assign run {run_id}") as keep:
         with stage("ingest", timings):
-            ts_fmt = conf["input"]["timestamp_format"]
             quarantine, kept_texts, kept_events = None, None, None
             for name, df in (("texts", texts), ("events", events)):
                 if df is None:
                     continue
-                if name == "texts":
-                    tagged = ingest.validate_texts(df, ts_fmt).transform(clean_texts, conf["clean"]["max_tokens"])
-                else:
-                    tagged = ingest.validate_events(df, ts_fmt, tuple(conf["input"]["rating_range"]))
+                prepare = prepare_texts if name == "texts" else prepare_events
+                tagged = prepare(df, **rules(conf, name))
                 tagged = keep(ingest.tag_before_watermark(tagged, watermarks.get(f"{name}_watermark")))
                 counts[f"{name}_read"], counts[f"{name}_kept"], r = ingest.reason_counts(tagged, name)
                 res.reasons.update(r)

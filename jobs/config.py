@@ -36,7 +36,13 @@ DEFAULTS: dict[str, Any] = {
         "timestamp_format": None,  # None: ISO-8601 / Spark's default timestamp parsing
         "rating_range": [1.0, 5.0],
     },
-    "clean": {"max_tokens": 256},
+    # Row rules applied after validation (bad rows go to quarantine with the reason).
+    "ingest": {
+        "dedupe_rows": True,  # identical rows of a user: one is kept, the others are duplicate_row
+        "max_texts_per_user": 1000,  # the most recent N texts per user; older ones: over_user_cap
+        "max_events_per_user": None,  # None: no cap (events are aggregated, not embedded)
+    },
+    "clean": {"max_tokens": 256, "max_chars": 100000},
     "embed": {
         "model_path": None,  # None: the packaged all-MiniLM-L6-v2
         "batch_size": 64,
@@ -215,6 +221,12 @@ def validate(conf: dict, job: str = "segment") -> None:
     _check(isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo < hi, "input.rating_range",
            f"must be [min, max] with min < max, got {conf['input']['rating_range']!r}")
     _int(conf, "clean.max_tokens", 1)
+    if conf["clean"]["max_chars"] is not None:
+        _int(conf, "clean.max_chars", 100)
+    _check(isinstance(conf["ingest"]["dedupe_rows"], bool), "ingest.dedupe_rows", "must be true or false")
+    for key in ("ingest.max_texts_per_user", "ingest.max_events_per_user"):
+        if get(conf, key) is not None:
+            _int(conf, key, 1)
     _int(conf, "embed.batch_size", 1)
     _int(conf, "embed.token_budget", 16)
     if conf["embed"]["max_tokens"] is not None:

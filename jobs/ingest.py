@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -190,6 +190,40 @@ def validate_events(df: DataFrame, ts_format: str | None = None,
     )
 
 
+def tag_duplicates_and_cap(df: DataFrame, order_cols: list[str], dedupe: bool = True,
+                           max_per_user: int | None = None, name: str = "rows") -> DataFrame:
+    """Per user, in one window (one shuffle by user_id):
+
+    - `duplicate_row`: a usable row equal to another usable row of the same user in every
+      column of `order_cols` (double-logged events, re-submitted reviews) keeps one copy;
+    - `over_user_cap`: a user's usable rows beyond the `max_per_user` most recent ones (by ts,
+      rows without ts last; ties broken by the row's content, so the choice is deterministic).
+      A bot or a shared account with 100k texts would otherwise dominate the embedding cost
+      and its segment; the dropped rows go to quarantine, so they are counted, not lost.
+    """
+    if not dedupe and not max_per_user:
+        return df
+    ok = F.col(REASON).isNull()
+    order = [F.col(REASON).isNotNull()] + [F.col(c).desc_nulls_last() if c == "ts" else F.col(c).asc_nulls_last()
+                                           for c in order_cols]
+    w = Window.partitionBy("user_id").orderBy(*order)
+    out = df
+    if dedupe:
+        prev_same = F.lit(True)
+        for c in order_cols:
+            prev_same = prev_same & F.lag(F.col(c)).over(w).eqNullSafe(F.col(c))
+        prev_ok = F.lag(F.col(REASON).isNull()).over(w)
+        out = out.withColumn(REASON, F.when(ok & F.coalesce(prev_ok & prev_same, F.lit(False)),
+                                            F.lit("duplicate_row")).otherwise(F.col(REASON)))
+    if max_per_user:
+        # Running count of usable rows in the user's order: the row number among kept rows.
+        rank = F.sum(F.col(REASON).isNull().cast("long")).over(w.rowsBetween(Window.unboundedPreceding, 0))
+        out = out.withColumn("_rank", rank).withColumn(
+            REASON, F.when(ok & (F.col("_rank") > max_per_user), F.lit("over_user_cap")).otherwise(F.col(REASON))
+        ).drop("_rank")
+    return out
+
+
 def reason_counts(df: DataFrame, name: str) -> tuple[int, int, dict[str, int]]:
     """(rows read, rows kept, {"<name>:<reason>": n}) from one pass over a tagged frame."""
     rows = df.groupBy(REASON).count().collect()
@@ -224,5 +258,5 @@ def to_quarantine(rejected: DataFrame, input_name: str, source: str, run_id: str
 
 __all__ = [
     "InputError", "read_source", "read_stream", "tag_before_watermark", "map_columns", "validate_texts", "validate_events",
-    "split_quarantine", "to_quarantine", "TEXT_COLUMNS", "EVENT_COLUMNS",
+    "split_quarantine", "to_quarantine", "tag_duplicates_and_cap", "TEXT_COLUMNS", "EVENT_COLUMNS",
 ]

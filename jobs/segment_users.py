@@ -34,7 +34,7 @@ from pyspark.sql import functions as F
 from jobs import cluster, config, delta_io, ingest, metrics, profile, summary
 from jobs.drift import drift_reference
 from jobs.history import history_rows
-from jobs.clean import clean_texts
+from jobs.clean import prepare_events, prepare_texts, rules
 from jobs.embed import embed_cached, embed_model_id, embed_texts
 from jobs.session import build_session, setup_logging
 from jobs.user_vectors import STATE_COLUMNS, build_user_vectors, user_state
@@ -174,19 +174,16 @@ def run(spark: SparkSession, conf: dict) -> RunResult:
         # otherwise each fail the same way, later, with a less direct error).
         resolve_model_path(ec["model_path"])
         with stage("ingest", timings):
-            ts_fmt = conf["input"]["timestamp_format"]
             texts = keep(_read(spark, conf, "texts", config.TEXT_COLUMNS,
-                               lambda d: ingest.validate_texts(d, ts_fmt))
-                         .transform(clean_texts, conf["clean"]["max_tokens"]))
+                               lambda d: prepare_texts(d, **rules(conf, "texts"))))
             counts["texts_read"], counts["texts_kept"], r = ingest.reason_counts(texts, "texts")
             reasons.update(r)
             kept_texts, bad_texts = ingest.split_quarantine(texts)
             quarantine = ingest.to_quarantine(bad_texts, "texts", conf["input"]["texts"]["path"], run_id)
             events = None
             if has_events:
-                rr = tuple(conf["input"]["rating_range"])
                 tagged = keep(_read(spark, conf, "events", config.EVENT_COLUMNS,
-                                    lambda d: ingest.validate_events(d, ts_fmt, rr)))
+                                    lambda d: prepare_events(d, **rules(conf, "events"))))
                 counts["events_read"], counts["events_kept"], r = ingest.reason_counts(tagged, "events")
                 reasons.update(r)
                 events, bad_events = ingest.split_quarantine(tagged)

@@ -238,7 +238,7 @@ def test_failed_run_is_recorded(spark, tmp_path):
     texts, _ = _write_small_inputs(tmp_path)
     conf = _conf(tmp_path, run_id="f1", embed__model_path=str(tmp_path / "no-model"), input__texts__path=texts,
                  input__events__path=None)
-    with pytest.raises(FileNotFoundError, match="model.path"):
+    with pytest.raises(ValueError, match="model_path .* is not a directory"):
         run(spark, conf)
     runs = _table(tmp_path / "lake" / "runs")
     assert list(runs.status) == ["failed"] and "no-model" in runs.error[0]

@@ -87,15 +87,20 @@ def cap_tokens(text: str, max_tokens: int) -> str:
     return text
 
 
-def clean_text(text: str | None, max_tokens: int = 256) -> str | None:
+def clean_text(text: str | None, max_tokens: int = 256, max_chars: int | None = None) -> str | None:
     """Full cleaning chain for one text; returns None for null input, "" when nothing is left.
 
     A text that holds nothing but masked PII tokens counts as empty: it carries no signal
-    about the user's interests, only a placeholder.
+    about the user's interests, only a placeholder. With `max_chars`, the raw text is cut to
+    that many characters first, so a 1 MB paste costs no more regex work than the cap (the
+    model reads only the first `max_tokens` anyway).
     """
     if text is None:
         return None
-    text = strip_html(str(text))
+    text = str(text)
+    if max_chars and len(text) > max_chars:
+        text = text[:max_chars]
+    text = strip_html(text)
     text = unicodedata.normalize("NFKC", text)
     text = _CONTROL_RE.sub(" ", text)
     text = mask_pii(text)
@@ -108,18 +113,18 @@ def clean_text(text: str | None, max_tokens: int = 256) -> str | None:
     return cap_tokens(text, max_tokens)
 
 
-def clean_series(texts: pd.Series, max_tokens: int) -> pd.Series:
+def clean_series(texts: pd.Series, max_tokens: int, max_chars: int | None = None) -> pd.Series:
     """Vectorised-by-loop form used inside the pandas UDF."""
-    return pd.Series([clean_text(t, max_tokens) if t is not None else None for t in texts], dtype=object)
+    return pd.Series([clean_text(t, max_tokens, max_chars) if t is not None else None for t in texts], dtype=object)
 
 
-def clean_text_udf(max_tokens: int):
+def clean_text_udf(max_tokens: int, max_chars: int | None = None):
     """pandas UDF: string -> cleaned string (see `clean_text`)."""
     from pyspark.sql.functions import pandas_udf
 
     @pandas_udf("string")
     def _clean(texts: pd.Series) -> pd.Series:
-        return clean_series(texts.where(texts.notna(), None), max_tokens)
+        return clean_series(texts.where(texts.notna(), None), max_tokens, max_chars)
 
     return _clean
 
