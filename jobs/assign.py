@@ -44,10 +44,9 @@ from jobs.embed import embed_cached, embed_model_id
 from jobs.faults import crash_point
 from jobs.history import history_rows
 from jobs.profile import user_terms
-from jobs.segment_users import new_run_id, run_scope, stage
+from jobs.segment_users import new_run_id, preflight, run_scope, stage
 from jobs.session import build_session, setup_logging
 from jobs.user_vectors import STATE_COLUMNS, combine_state, features, user_state
-from udfs.embedding import resolve_model_path
 
 log = logging.getLogger("seglake.assign")
 UPDATE_IF_NOT_APPLIED = "t.updated_by IS NULL OR t.updated_by <> s.updated_by"
@@ -227,7 +226,8 @@ def assign_batch(spark: SparkSession, conf: dict, texts: DataFrame | None, event
         if counts["users_touched"]:
             with stage("assign", timings):
                 model = model_run.load()
-                assigned = keep(cluster.assign(features(state, params), model, model_run.distance))
+                assigned = keep(cluster.assign(features(state, params), model, model_run.distance,
+                                               allowed=params.get("allowed_segments")))
                 model_segments = (delta_io.read_table(spark, t["user_segments"], engine=engine)
                                   .where(F.col("run_id") == model_run.run_id))
                 old = (model_segments
@@ -463,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.refit_if_drifted and not conf["input"]["texts"]["path"]:
             raise config.ConfigError("input.texts.path: --refit-if-drifted runs the full job, which needs the full "
                                      "history under input.texts (and input.events)")
-        resolve_model_path(conf["embed"]["model_path"])  # before any Spark work
+        preflight(conf)  # model directory and pseudonym key, before any Spark work
     except (config.ConfigError, ValueError) as exc:
         print(f"seglake-assign: configuration error: {exc}", file=sys.stderr)
         return 2

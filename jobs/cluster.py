@@ -118,18 +118,26 @@ def stability(sample: DataFrame, k: int, seeds: list[int], *, algorithm: str = "
     return metrics.pairwise_ari(pred.cache(), cols)
 
 
-def assign(users: DataFrame, model, distance: str = "euclidean") -> DataFrame:
+def assign(users: DataFrame, model, distance: str = "euclidean", allowed: list[int] | None = None) -> DataFrame:
     """Add `segment_id` (the model's assignment), `distance` to that segment's centroid
     (euclidean, or cosine distance 1 - cos), and the runner-up: `second_segment_id`,
-    `second_distance` and `margin` = second_distance - distance (small = borderline user)."""
+    `second_distance` and `margin` = second_distance - distance (small = borderline user).
+
+    With `allowed` (segment ids), users go to the nearest allowed centroid instead: the
+    segments left out were too small to publish (privacy.min_segment_size) and are merged
+    into their neighbours."""
     centers = np.vstack(model.clusterCenters()).astype(np.float64)
+    blocked = None
+    if allowed is not None:
+        blocked = np.ones(len(centers), dtype=bool)
+        blocked[list(allowed)] = False
     if distance == "cosine":
         centers = centers / np.maximum(np.linalg.norm(centers, axis=1, keepdims=True), 1e-12)
 
-    @F.pandas_udf("distance double, second_segment_id int, second_distance double")
+    @F.pandas_udf("segment_id int, distance double, second_segment_id int, second_distance double")
     def _dist(vecs: pd.Series, seg: pd.Series) -> pd.DataFrame:
         if not len(vecs):
-            return pd.DataFrame({"distance": [], "second_segment_id": [], "second_distance": []})
+            return pd.DataFrame({"segment_id": [], "distance": [], "second_segment_id": [], "second_distance": []})
         x = np.vstack(vecs.to_numpy())
         if distance == "cosine":
             nx = np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -138,17 +146,23 @@ def assign(users: DataFrame, model, distance: str = "euclidean") -> DataFrame:
             # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2, as one GEMM against all centroids.
             d2 = (x * x).sum(1)[:, None] - 2 * x @ centers.T + (centers * centers).sum(1)[None, :]
             d = np.sqrt(np.maximum(d2, 0.0))
-        own = seg.to_numpy().astype(int)
+        if blocked is not None:
+            d[:, blocked] = np.inf
+            own = d.argmin(1)
+        else:
+            own = seg.to_numpy().astype(int)  # the model's own prediction (a bisecting tree's path)
         rows = np.arange(len(x))
         own_d = d[rows, own]
         d[rows, own] = np.inf
         second = d.argmin(1) if d.shape[1] > 1 else np.full(len(x), -1)
         second_d = d[rows, second] if d.shape[1] > 1 else np.full(len(x), np.nan)
-        return pd.DataFrame({"distance": own_d, "second_segment_id": second.astype("int32"),
-                             "second_distance": second_d})
+        none = ~np.isfinite(second_d)  # only one segment allowed: no runner-up
+        second, second_d = np.where(none, -1, second), np.where(none, np.nan, second_d)
+        return pd.DataFrame({"segment_id": own.astype("int32"), "distance": own_d,
+                             "second_segment_id": second.astype("int32"), "second_distance": second_d})
 
     pred = model.transform(users).withColumn("_a", _dist(vector_to_array("features"), F.col("segment_id")))
-    return (pred.withColumn("distance", F.col("_a.distance"))
+    return (pred.withColumn("segment_id", F.col("_a.segment_id")).withColumn("distance", F.col("_a.distance"))
             .withColumn("second_segment_id", F.when(F.col("_a.second_segment_id") >= 0, F.col("_a.second_segment_id")))
             .withColumn("second_distance", F.col("_a.second_distance"))
             .withColumn("margin", F.col("second_distance") - F.col("distance"))

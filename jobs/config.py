@@ -75,6 +75,12 @@ DEFAULTS: dict[str, Any] = {
         "stability_min_ari": 0.8,  # below it the run is flagged unstable
         "distance": "euclidean",
     },
+    "privacy": {
+        "pseudonymize_user_ids": False,  # replace user ids by HMAC-SHA256 pseudonyms at ingest
+        "key_source": "env:SEGLAKE_USER_ID_KEY",  # where the key lives (env:NAME | databricks-secret:SCOPE/KEY)
+        "min_segment_size": 0,  # segments with fewer users are merged or have their profiles suppressed
+        "small_segments": "merge",  # merge | suppress
+    },
     "profile": {"top_terms": 10, "representative_texts": 5, "top_categories": 3, "typical_users": 5, "bigrams": True},
     "output": {"root": "lakehouse", "engine": "auto", "report": True},
     # seglake-assign: new texts/events since the last watermark, assigned with a saved model.
@@ -264,6 +270,14 @@ def validate(conf: dict, job: str = "segment") -> None:
         v = get(conf, key)
         _check(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1, key,
                f"must be a number in [0, 1], got {v!r}")
+    pv = conf["privacy"]
+    _check(isinstance(pv["pseudonymize_user_ids"], bool), "privacy.pseudonymize_user_ids", "must be true or false")
+    _check(isinstance(pv["key_source"], str) and re.fullmatch(r"env:\w+|databricks-secret:[\w.-]+/[\w.-]+",
+                                                               pv["key_source"]) is not None,
+           "privacy.key_source", f"must be 'env:NAME' or 'databricks-secret:SCOPE/KEY' (the key itself never "
+           f"goes in the conf); got {pv['key_source']!r}")
+    _int(conf, "privacy.min_segment_size", 0)
+    _choice(conf, "privacy.small_segments", ("merge", "suppress"))
     _int(conf, "profile.top_terms", 1)
     _int(conf, "profile.representative_texts", 0)
     _int(conf, "profile.top_categories", 0)

@@ -31,7 +31,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import cluster, config, delta_io, ingest, metrics, profile, summary
+from jobs import cluster, config, delta_io, ingest, metrics, privacy, profile, summary
 from jobs.drift import drift_reference
 from jobs.history import history_rows
 from jobs.clean import prepare_events, prepare_texts, rules
@@ -250,6 +250,8 @@ def run(spark: SparkSession, conf: dict) -> RunResult:
             if model is None:  # the sweep's model is reused when it already saw every user
                 model = cluster.fit(users, k, **common)
             assigned = keep(cluster.assign(users, model, cc["distance"]))
+            assigned, privacy_note = _min_segment_size(assigned, users, model, k, conf["privacy"], cc["distance"], keep)
+            feature_params.update(privacy_note)
             quality = {"silhouette": cluster.silhouette(assigned, cc["distance"]), **metrics.quality(assigned),
                        "stability_ari": None, "stable": None}
             if cc["stability_seeds"] >= 2:
@@ -282,9 +284,10 @@ def run(spark: SparkSession, conf: dict) -> RunResult:
             extra = spark.createDataFrame(
                 [(sid, names[sid], lineage[sid][-2] if len(lineage.get(sid, [])) > 1 else None, lineage.get(sid))
                  for sid in names], "segment_id int, name string, parent_id int, lineage array<int>")
-            segments = keep(segments.join(extra, "segment_id", "left").select(
+            segments = segments.join(extra, "segment_id", "left").select(
                 "segment_id", "name", "parent_id", "lineage", *[c for c in segments.columns if c != "segment_id"])
-                .orderBy("segment_id"))
+            segments = keep(privacy.suppress_profiles(segments, privacy_note.get("suppressed_segments", []),
+                                                      conf["privacy"]["min_segment_size"]).orderBy("segment_id"))
             seg_rows = [r.asDict(recursive=True) for r in segments.drop("centroid").collect()]
             user_segments = profile.explain_users(assigned, terms, segments).select(
                 F.lit(run_id).alias("run_id"), "user_id", F.col("segment_id").cast("int"), "distance",
@@ -317,6 +320,29 @@ def run(spark: SparkSession, conf: dict) -> RunResult:
         result.report_path = _write_report(conf, result, started, projection)
         _write_runs_row(spark, conf, result, started, "succeeded", engine, model_path, feature_params, watermarks)
         return result
+
+
+def _min_segment_size(assigned: DataFrame, users: DataFrame, model, k: int, pc: dict, distance: str,
+                      keep: Callable[[DataFrame], DataFrame]) -> tuple[DataFrame, dict]:
+    """privacy.min_segment_size: segments with fewer users are merged into their nearest
+    allowed neighbours (users re-assigned to the nearest centroid among the allowed ones), or
+    kept with their profiles suppressed. Returns the assignment and what was done (saved in
+    the run's feature_params, so seglake-assign applies the same rule)."""
+    min_size = pc["min_segment_size"]
+    if not min_size:
+        return assigned, {}
+    sizes = {int(r["segment_id"]): int(r["count"]) for r in assigned.groupBy("segment_id").count().collect()}
+    small = privacy.small_segments(sizes, k, min_size)
+    note: dict = {"min_segment_size": min_size}
+    if not small:
+        return assigned, note
+    if pc["small_segments"] == "suppress":
+        log.info("privacy: profiles of %d segment(s) below %d users are suppressed: %s", len(small), min_size, small)
+        return assigned, {**note, "suppressed_segments": small}
+    allowed = privacy.allowed_segments(sizes, k, min_size)
+    log.info("privacy: %d segment(s) below %d users merged into their neighbours: %s", len(small), min_size, small)
+    return keep(cluster.assign(users, model, distance, allowed=allowed)), {
+        **note, "allowed_segments": allowed, "merged_segments": small}
 
 
 def _projection(assigned: DataFrame, seed: int) -> list[dict]:
@@ -418,12 +444,22 @@ def _write_runs_row(spark: SparkSession, conf: dict, res: RunResult, started: da
     delta_io.write_run(df, f"{res.output}/runs", res.run_id, engine=engine)
 
 
+def preflight(conf: dict) -> None:
+    """Checks that need no Spark, run before the session starts: the model directory is
+    usable and, with pseudonymous ids, the key can be read (a Databricks secret scope is
+    read later, on the driver, as it needs the session)."""
+    resolve_model_path(conf["embed"]["model_path"])
+    pv = conf["privacy"]
+    if pv["pseudonymize_user_ids"] and pv["key_source"].startswith("env:"):
+        privacy.user_id_key(pv["key_source"])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level)
     try:
         conf = config.load(args.conf, overrides_from_args(args))
-        resolve_model_path(conf["embed"]["model_path"])  # a bad model directory fails before any Spark work
+        preflight(conf)
     except (config.ConfigError, ValueError) as exc:
         print(f"seglake-segment: configuration error: {exc}", file=sys.stderr)
         return 2
