@@ -35,17 +35,25 @@ _CARD_RE = re.compile(r"(?<![\d+])\d(?:[ \-]?\d){12,18}(?!\d)")
 # Chinese mobile numbers, optionally with +86 / 0086 and separators.
 _CN_MOBILE_RE = re.compile(r"(?<!\d)(?:\+?86[ \-]?|0086[ \-]?)?1[3-9]\d(?:[ \-]?\d{4}){2}(?!\d)")
 # International / national numbers: +CC then groups, or (area) groups; needs >= 7 digits.
+# The boundaries are ASCII letters/digits, not \w: a number written right against Chinese
+# text ("电话+44 20 7946 0958谢谢") must still be found.
 _INTL_PHONE_RE = re.compile(
-    r"(?<![\w+])(?:\+\d{1,3}[ \-.]?)?(?:\(\d{1,4}\)[ \-.]?)?\d{2,4}(?:[ \-.]\d{2,4}){1,4}(?![\w])"
+    r"(?<![A-Za-z0-9_+])(?:\+\d{1,3}[ \-.]?)?(?:\(\d{1,4}\)[ \-.]?)?\d{2,4}(?:[ \-.]\d{2,4}){1,4}(?![A-Za-z0-9_])"
 )
-_CONTROL_RE = re.compile(r"[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u200b-\u200f\u2028\u2029\ufeff]")
+# Chinese landlines: 0 + 2-3 digit area code + 7-8 digits ("010-88886666", "0755 12345678").
+_CN_LANDLINE_RE = re.compile(r"(?<!\d)0\d{2,3}[ \-]?\d{7,8}(?!\d)")
+# Control and invisible format characters (zero-width, word joiner, soft hyphen, BOM): they
+# could split a phone number or an e-mail so that no pattern sees it.
+_CONTROL_RE = re.compile(
+    r"[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u00ad\u200b-\u200f\u2028\u2029\u2060-\u206f\ufeff]")
 _WS_RE = re.compile(r"\s+")
 
 # Rough token units for the length cap: one CJK character, one word, or one symbol each.
 # BERT's WordPiece splits no coarser than this, so capping here never cuts text the model
 # would have kept; the tokenizer still truncates exactly at model.max_tokens.
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af"
-_TOKEN_UNIT_RE = re.compile(rf"[{_CJK}]|[^\s{_CJK}\W]+|[^\w\s]")
+# A mask token is one unit, so the cap never cuts "[EMAIL]" in half.
+_TOKEN_UNIT_RE = re.compile(rf"\[(?:URL|EMAIL|PHONE|ID|CARD)\]|[{_CJK}]|[^\s{_CJK}\W]+|[^\w\s]")
 
 
 def strip_html(text: str) -> str:
@@ -73,6 +81,7 @@ def mask_pii(text: str) -> str:
     text = _EMAIL_RE.sub(EMAIL_TOKEN, text)
     text = _CN_ID_RE.sub(ID_TOKEN, text)
     text = _CN_MOBILE_RE.sub(PHONE_TOKEN, text)
+    text = _CN_LANDLINE_RE.sub(PHONE_TOKEN, text)
     text = _CARD_RE.sub(CARD_TOKEN, text)
     return _INTL_PHONE_RE.sub(_mask_phone, text)
 
@@ -104,13 +113,14 @@ def clean_text(text: str | None, max_tokens: int = 256, max_chars: int | None = 
     text = unicodedata.normalize("NFKC", text)
     text = _CONTROL_RE.sub(" ", text)
     text = mask_pii(text)
-    text = _WS_RE.sub(" ", text).strip()
+    # Cap first, then judge what is left: a cut that leaves only a mask token leaves nothing.
+    text = cap_tokens(_WS_RE.sub(" ", text).strip(), max_tokens)
     residue = text
     for token in MASK_TOKENS:
         residue = residue.replace(token, "")
     if not re.search(r"\w", residue):
         return ""
-    return cap_tokens(text, max_tokens)
+    return text
 
 
 def clean_series(texts: pd.Series, max_tokens: int, max_chars: int | None = None) -> pd.Series:
@@ -217,7 +227,7 @@ def mask_record_udf():
 # What counts as leaked PII when scanning outputs: the masking patterns themselves, with the
 # phone rule's digit threshold applied (see _mask_phone).
 _PII_CHECKS = (("email", _EMAIL_RE), ("url", _URL_RE), ("cn_id", _CN_ID_RE), ("cn_mobile", _CN_MOBILE_RE),
-               ("card", _CARD_RE))
+               ("cn_landline", _CN_LANDLINE_RE), ("card", _CARD_RE))
 
 
 def pii_kinds(value: str | None) -> list[str]:
