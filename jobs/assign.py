@@ -43,6 +43,7 @@ from jobs.clean import prepare_events, prepare_texts, rules
 from jobs.embed import embed_cached, embed_model_id
 from jobs.faults import crash_point
 from jobs.history import history_rows
+from jobs.lock import LockError, job_lock
 from jobs.profile import user_terms
 from jobs.segment_users import new_run_id, preflight, run_scope, stage
 from jobs.session import build_session, setup_logging
@@ -130,6 +131,24 @@ def last_watermarks(spark: SparkSession, root: str, engine: str = "auto") -> dic
         return {"texts_watermark": None, "events_watermark": None}
     latest = max(rows, key=lambda r: r["finished_at"])
     return {"texts_watermark": latest["texts_watermark"], "events_watermark": latest["events_watermark"]}
+
+
+def refuse_half_written_state(spark: SparkSession, root: str, engine: str = "auto") -> None:
+    """Stop when the latest full run never finished but already replaced user_vectors (its
+    driver died between that commit and its runs row): the state would not match any saved
+    model. The remedy is to finish that run under its own id."""
+    t = tables(root)
+    runs = delta_io.read_table_if_exists(spark, t["runs"], engine=engine)
+    rows = runs.orderBy(F.desc("started_at")).select("run_id", "status").limit(1).collect() if runs is not None else []
+    if not rows or rows[0]["status"] == "succeeded":
+        return
+    rid = rows[0]["run_id"]
+    state = delta_io.read_table_if_exists(spark, t["user_vectors"], engine=engine)
+    if state is not None and state.where(F.col("updated_by") == rid).limit(1).count():
+        raise ingest.InputError(
+            f"full run {rid} did not finish ({rows[0]['status']}) but already replaced user_vectors; finish it "
+            f"first: seglake-segment --run-id {rid} with the same inputs (its other tables are replaced, not "
+            "duplicated)")
 
 
 def unfinished_batch(spark: SparkSession, root: str, engine: str = "auto") -> str | None:
@@ -329,10 +348,17 @@ def _mapped(df: DataFrame, conf: dict, name: str, source: str) -> DataFrame:
 
 
 def run(spark: SparkSession, conf: dict, *, reassign_all: bool = False) -> AssignResult:
-    """One batch: the files under assign.texts / assign.events (or every stored user)."""
+    """One batch: the files under assign.texts / assign.events (or every stored user), holding
+    the output root's lock."""
+    with job_lock(spark, conf, "seglake-assign"):
+        return _run_batch(spark, conf, reassign_all)
+
+
+def _run_batch(spark: SparkSession, conf: dict, reassign_all: bool) -> AssignResult:
     root = conf["output"]["root"]
     engine = conf["output"]["engine"]
     model_run = find_model_run(spark, root, engine, conf["assign"]["model_run"])
+    refuse_half_written_state(spark, root, engine)
     run_id = conf["run_id"] or unfinished_batch(spark, root, engine)
     if run_id and not conf["run_id"]:
         log.warning("assign run %s did not finish: completing it (its input must be the same files)", run_id)
@@ -353,10 +379,17 @@ def run_stream(spark: SparkSession, conf: dict) -> list[AssignResult]:
     """Structured Streaming over the assign.texts / assign.events folders (or Delta tables with
     native Delta): each micro-batch goes through `assign_batch` with run id
     <prefix>-<batch id>; the checkpoint makes a restart resume where it stopped, and a
-    replayed micro-batch is applied once (see the module docstring)."""
+    replayed micro-batch is applied once (see the module docstring). The output root's lock is
+    held while the stream runs."""
+    with job_lock(spark, conf, "seglake-assign --stream"):
+        return _run_stream(spark, conf)
+
+
+def _run_stream(spark: SparkSession, conf: dict) -> list[AssignResult]:
     root = conf["output"]["root"].rstrip("/")
     a, engine = conf["assign"], conf["output"]["engine"]
     model_run = find_model_run(spark, root, engine, a["model_run"])
+    refuse_half_written_state(spark, root, engine)
     checkpoint = a["checkpoint"] or f"{root}/_checkpoints/assign"
     prefix = conf["run_id"] or "stream-" + hashlib.sha256(checkpoint.encode()).hexdigest()[:8]
     streams = []
@@ -473,6 +506,9 @@ def main(argv: list[str] | None = None) -> int:
     except ingest.InputError as exc:
         print(f"seglake-assign: input error: {exc}", file=sys.stderr)
         return 3
+    except LockError as exc:
+        print(f"seglake-assign: {exc}", file=sys.stderr)
+        return 4
     for res in results:
         print(render(res))
     if args.refit_if_drifted and any(r.refit_reasons for r in results):

@@ -82,7 +82,8 @@ DEFAULTS: dict[str, Any] = {
         "small_segments": "merge",  # merge | suppress
     },
     "profile": {"top_terms": 10, "representative_texts": 5, "top_categories": 3, "typical_users": 5, "bigrams": True},
-    "output": {"root": "lakehouse", "engine": "auto", "report": True},
+    # lock: one run at a time per output root (a second one fails, or waits lock_wait_s seconds).
+    "output": {"root": "lakehouse", "engine": "auto", "report": True, "lock": True, "lock_wait_s": 0},
     # seglake-assign: new texts/events since the last watermark, assigned with a saved model.
     "assign": {
         "texts": {"path": None, "format": "csv", "options": {}},
@@ -283,6 +284,10 @@ def validate(conf: dict, job: str = "segment") -> None:
     _int(conf, "profile.top_categories", 0)
     _int(conf, "profile.typical_users", 0)
     _check(isinstance(conf["output"]["report"], bool), "output.report", "must be true or false")
+    _check(isinstance(conf["output"]["lock"], bool), "output.lock", "must be true or false")
+    lw = conf["output"]["lock_wait_s"]
+    _check(isinstance(lw, (int, float)) and not isinstance(lw, bool) and lw >= 0, "output.lock_wait_s",
+           f"must be a number of seconds >= 0, got {lw!r}")
     _check(bool(conf["output"]["root"]), "output.root", "is required")
     _choice(conf, "output.engine", ("auto", "native", "delta-rs"))
     rid = conf["run_id"]

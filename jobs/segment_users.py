@@ -33,7 +33,9 @@ from pyspark.sql import functions as F
 
 from jobs import cluster, config, delta_io, ingest, metrics, privacy, profile, summary
 from jobs.drift import drift_reference
+from jobs.faults import crash_point
 from jobs.history import history_rows
+from jobs.lock import LockError, job_lock
 from jobs.clean import prepare_events, prepare_texts, rules
 from jobs.embed import embed_cached, embed_model_id, embed_texts
 from jobs.session import build_session, setup_logging
@@ -151,8 +153,14 @@ def new_run_id() -> str:
 
 
 def run(spark: SparkSession, conf: dict) -> RunResult:
-    """The whole job on an existing session."""
+    """The whole job on an existing session, holding the output root's lock (jobs/lock.py):
+    a second run on the same root fails (or waits) before it writes anything."""
     run_id = conf["run_id"] or new_run_id()
+    with job_lock(spark, conf, "seglake-segment", run_id):
+        return _run(spark, conf, run_id)
+
+
+def _run(spark: SparkSession, conf: dict, run_id: str) -> RunResult:
     started = datetime.now(timezone.utc)
     root = conf["output"]["root"].rstrip("/")
     tables = {t: f"{root}/{t}" for t in TABLES}
@@ -169,6 +177,10 @@ def run(spark: SparkSession, conf: dict) -> RunResult:
         failed = RunResult(run_id, root, tables, counts, reasons, 0, float("nan"), float("nan"), [], timings, 0.0)
         _write_runs_row(spark, conf, failed, started, "failed", engine, None, None, error=repr(exc)[:2000])
 
+    # A "running" row first: if the driver dies, readers (and seglake-assign) can tell that this
+    # run started and never finished; the final row replaces it (same run_id partition).
+    _write_runs_row(spark, conf, RunResult(run_id, root, tables, {}, {}, 0, float("nan"), float("nan"), [], {}, 0.0),
+                    started, "running", engine, None, None)
     with run_scope(record_failure, f"run {run_id}") as keep:
         # Fail before any work when the model directory is missing (the executors would
         # otherwise each fail the same way, later, with a less direct error).
@@ -213,6 +225,7 @@ def run(spark: SparkSession, conf: dict) -> RunResult:
             counts["texts_embedding_cache_hits"] = (counts["texts_embedded_distinct"]
                                                     - counts["texts_embedded_new"])
             text_dim = int(row["dim"])
+        crash_point("after_embed", run_id)  # (tests: the cache holds this run's vectors now)
         # Texts/s through the model (cache hits are not counted: they cost no inference).
         embed_rate = counts["texts_embedded_new"] / max(timings["embed"], 1e-9)
 
@@ -299,9 +312,14 @@ def run(spark: SparkSession, conf: dict) -> RunResult:
         with stage("write", timings):
             k_table = spark.createDataFrame(
                 [{"run_id": run_id, **{c: s.get(c) for c in K_COLUMNS}} for s in k_scores], K_SCHEMA)
+            # One Delta commit per table; a rerun of the run id replaces its partition (idempotent).
+            # Readers take only runs whose runs row says succeeded, which is written last.
             written = {
                 "quarantine": delta_io.write_run(quarantine, tables["quarantine"], run_id, engine=engine),
                 "user_segments": delta_io.write_run(user_segments, tables["user_segments"], run_id, engine=engine),
+            }
+            crash_point("after_user_segments", run_id)
+            written.update({
                 "segments": delta_io.write_run(segments.select(F.lit(run_id).alias("run_id"), "*"),
                                                tables["segments"], run_id, engine=engine),
                 "k_selection": delta_io.write_run(k_table, tables["k_selection"], run_id, engine=engine),
@@ -312,7 +330,8 @@ def run(spark: SparkSession, conf: dict) -> RunResult:
                 # versions stay readable through Delta time travel).
                 "user_vectors": delta_io.overwrite_table(state.select(*STATE_COLUMNS), tables["user_vectors"],
                                                          engine=engine),
-            }
+            })
+            crash_point("after_user_vectors", run_id)
             _reconcile(counts, written)
 
         result = RunResult(run_id, root, tables, counts, reasons, k, quality["silhouette"], cost, k_scores, timings,
@@ -469,6 +488,9 @@ def main(argv: list[str] | None = None) -> int:
     except ingest.InputError as exc:
         print(f"seglake-segment: input error: {exc}", file=sys.stderr)
         return 3
+    except LockError as exc:
+        print(f"seglake-segment: {exc}", file=sys.stderr)
+        return 4
     print(summary.render(result))
     return 0
 

@@ -292,6 +292,9 @@ def embed_udf(
     def _embed(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
         import torch
 
+        from jobs.faults import fail_first_attempt
+
+        fail_first_attempt("embed")  # inert unless a fault-tolerance test asks for it
         # One thread per task core: two tasks on two cores must not fight over both.
         torch.set_num_threads(threads or task_cpus())
         encoder = load_encoder(model_path, device, precision, max_tokens)

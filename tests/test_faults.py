@@ -1,0 +1,168 @@
+"""Faults and reruns of the full job: a killed driver, task failures, two runs at once, locks."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from deltalake import DeltaTable
+
+from jobs import assign, faults, ingest
+from jobs.explain import latest_succeeded_run
+from jobs.lock import LOCK_NAME, LockError, output_lock
+from jobs.segment_users import run
+from tests.conftest import local_conf
+
+ROOT = Path(__file__).resolve().parents[1]
+PHRASES = {"a": ["great dress fit soft fabric", "nice shirt size fit"],
+           "b": ["phone battery screen camera", "laptop battery fast"]}
+
+
+def _table(path) -> pd.DataFrame:
+    return DeltaTable(str(path)).to_pandas()
+
+
+def _texts(path: Path, n_users: int = 6, extra: list[str] | None = None) -> str:
+    rows = ["user_id,text,ts,item_id,lang"]
+    for g, phrases in PHRASES.items():
+        for i in range(n_users):
+            rows += [f"{g}{i},{p},2026-01-0{j + 1}T00:00:00Z,i{j},en" for j, p in enumerate(phrases)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(rows + (extra or [])) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def _conf(lake: Path, texts: str, tiny_model: str, **over) -> dict:
+    base = {"output": {"root": str(lake), "report": False}, "embed": {"model_path": tiny_model},
+            "input": {"texts": {"path": texts}, "events": {"path": None}},
+            "cluster": {"k": 2, "stability_seeds": 0}}
+    return local_conf(base, **over)
+
+
+def _cli(lake: Path, texts: str, tiny_model: str, run_id: str, *, env: dict | None = None,
+         conf_file: Path | None = None) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "jobs.segment_users", "--conf", str(conf_file or ROOT / "conf" / "local.yaml"),
+           "--texts", texts, "--no-events", "--output", str(lake), "--model-path", tiny_model, "--k", "2",
+           "--run-id", run_id]
+    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _segments(lake: Path, run_id: str) -> dict[str, int]:
+    us = _table(lake / "user_segments")
+    us = us[us.run_id == run_id]
+    assert len(us) == us.user_id.nunique()  # never a duplicate row
+    return dict(zip(us.user_id, us.segment_id))
+
+
+def _same_partition(a: dict[str, int], b: dict[str, int]) -> bool:
+    """The same users grouped the same way (label ids may differ)."""
+    if a.keys() != b.keys():
+        return False
+    return len({(a[u], b[u]) for u in a}) == len(set(a.values())) == len(set(b.values()))
+
+
+@pytest.mark.slow
+def test_killed_run_leaves_previous_results_and_resumes_without_reembedding(spark, tmp_path, tiny_model):
+    lake = tmp_path / "lake"
+    texts1 = _texts(tmp_path / "in1" / "texts.csv")
+    first = run(spark, _conf(lake, texts1, tiny_model, run_id="r1"))
+    assert first.counts["texts_embedded_new"] == 4
+    before = _segments(lake, "r1")
+    # Run r2 has two new texts; its driver is SIGKILLed right after its user_segments commit.
+    texts2 = _texts(tmp_path / "in2" / "texts.csv", extra=["c0,shoes size soft nice,2026-01-05T00:00:00Z,x,en",
+                                                           "c1,camera screen slow phone,2026-01-05T00:00:00Z,x,en"])
+    killed = _cli(lake, texts2, tiny_model, "r2", env={faults.ENV: "after_user_segments:r2"})
+    _, err = killed.communicate(timeout=600)
+    assert killed.returncode == -9, err[-3000:]
+    # The previous results are intact and what readers see: r2 is "running", never succeeded.
+    runs = _table(lake / "runs").set_index("run_id")
+    assert runs.loc["r1", "status"] == "succeeded" and runs.loc["r2", "status"] == "running"
+    assert latest_succeeded_run(str(lake)) == "r1" and _segments(lake, "r1") == before
+    assert (lake / LOCK_NAME).exists()  # left behind by the killed driver
+    # Rerunning r2 takes over the dead run's lock, reuses the vectors r2 already cached, and
+    # replaces (does not duplicate) r2's partial rows.
+    again = run(spark, _conf(lake, texts2, tiny_model, run_id="r2"))
+    assert again.counts["texts_embedded_new"] == 0 and again.counts["texts_embedding_cache_hits"] == 6
+    assert len(_segments(lake, "r2")) == 14 and not (lake / LOCK_NAME).exists()
+    runs = _table(lake / "runs")
+    assert sorted(zip(runs.run_id, runs.status)) == [("r1", "succeeded"), ("r2", "succeeded")]
+    q = _table(lake / "quarantine")
+    assert q.empty or q.groupby("run_id").size().max() == len(q[q.run_id == "r1"])
+
+
+@pytest.mark.slow
+def test_assign_refuses_state_of_a_full_run_that_died(spark, tmp_path, tiny_model):
+    lake = tmp_path / "lake"
+    texts = _texts(tmp_path / "in" / "texts.csv")
+    run(spark, _conf(lake, texts, tiny_model, run_id="r1"))
+    killed = _cli(lake, texts, tiny_model, "r2", env={faults.ENV: "after_user_vectors:r2"})
+    _, err = killed.communicate(timeout=600)
+    assert killed.returncode == -9, err[-3000:]
+    new = tmp_path / "new.csv"
+    new.write_text("user_id,text,ts,item_id,lang\nz1,phone battery,2026-02-01,x,en\n", encoding="utf-8")
+    conf = _conf(lake, texts, tiny_model, assign__texts__path=str(new))
+    with pytest.raises(ingest.InputError, match="full run r2 did not finish .* --run-id r2"):
+        assign.run(spark, conf)
+    run(spark, _conf(lake, texts, tiny_model, run_id="r2"))  # finish it, then assign works
+    assert assign.run(spark, conf).counts["users_new"] == 1
+
+
+def test_lock_blocks_a_second_writer_and_reports_the_holder(spark, tmp_path, tiny_model):
+    lake = tmp_path / "lake"
+    texts = _texts(tmp_path / "in" / "texts.csv")
+    with output_lock(str(lake), "holder", "test"):
+        t0 = time.monotonic()
+        with pytest.raises(LockError, match=r"in use by run holder \(test, pid \d+ on host"):
+            run(spark, _conf(lake, texts, tiny_model, run_id="loser"))
+        assert time.monotonic() - t0 < 5  # fails at once, before any work
+        with pytest.raises(LockError, match="in use by run holder"):
+            run(spark, _conf(lake, texts, tiny_model, run_id="waiter", output__lock_wait_s=3))
+    assert not (lake / "runs").exists()  # the losers wrote nothing, not even a failed row
+    # A lock whose process is gone (same host) is taken over.
+    (lake / LOCK_NAME).write_text(json.dumps({"run_id": "dead", "job": "x", "host": socket.gethostname(),
+                                              "pid": 2 ** 22 + 12345, "token": "t"}))
+    with output_lock(str(lake), "next", "test"):
+        assert json.loads((lake / LOCK_NAME).read_text())["run_id"] == "next"
+    assert not (lake / LOCK_NAME).exists()
+
+
+@pytest.mark.slow
+def test_two_runs_at_once_and_task_failures(spark, tmp_path, tiny_model):
+    """Two drivers started together on one output root: one wins, the other exits 4 naming the
+    winner, and no table is corrupt. Both run with the first attempt of half the embedding
+    tasks failing (spark.task.maxFailures 4 via local[2,4]): the winner's output equals a
+    clean in-process run."""
+    lake = tmp_path / "lake"
+    texts = _texts(tmp_path / "in" / "texts.csv")
+    conf_file = tmp_path / "retry.yaml"
+    conf_file.write_text((ROOT / "conf" / "local.yaml").read_text().replace("master: local[2]", "master: local[2,4]"))
+    assert "local[2,4]" in conf_file.read_text()
+    env = {faults.FAIL_ENV: "embed"}
+    procs = {rid: _cli(lake, texts, tiny_model, rid, env=env, conf_file=conf_file) for rid in ("p1", "p2")}
+    out = {rid: p.communicate(timeout=600) for rid, p in procs.items()}
+    codes = {rid: p.returncode for rid, p in procs.items()}
+    assert sorted(codes.values()) == [0, 4], {r: out[r][1][-2000:] for r in out}
+    winner = next(r for r, c in codes.items() if c == 0)
+    loser = next(r for r, c in codes.items() if c == 4)
+    assert f"in use by run {winner}" in out[loser][1]
+    assert "injected task failure (embed" in out[winner][1]  # the failures happened and were retried
+    runs = _table(lake / "runs")
+    assert list(zip(runs.run_id, runs.status)) == [(winner, "succeeded")]
+    for table in ("user_segments", "segments", "segment_history", "quarantine", "text_embeddings"):
+        if (lake / table).exists():
+            assert set(_table(lake / table).run_id) <= {winner}, table
+    # Same result as a clean run (no injected failures, the shared in-process session).
+    clean = tmp_path / "clean"
+    run(spark, _conf(clean, texts, tiny_model, run_id="c"))
+    assert _same_partition(_segments(lake, winner), _segments(clean, "c"))
+    a, b = _table(lake / "text_embeddings"), _table(clean / "text_embeddings")
+    a, b = a.set_index("text_hash").embedding.sort_index(), b.set_index("text_hash").embedding.sort_index()
+    assert list(a.index) == list(b.index)
+    assert all(abs(x - y).max() < 1e-6 for x, y in zip(a, b))  # retried tasks gave the same vectors
