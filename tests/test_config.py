@@ -49,11 +49,27 @@ def test_free_form_sections_merge_by_key():
     ({"run_id": "../etc"}, "run_id"),
     ({"clusterr": {}}, "clusterr"),
     ({"cluster": {"kk": 3}}, "cluster.kk"),
+    ({"privacy": {"small_segments": "drop"}}, "privacy.small_segments"),
+    ({"privacy": {"key_source": "s3cr3t-key-in-the-conf"}}, "privacy.key_source"),
+    ({"privacy": {"min_segment_size": -1}}, "privacy.min_segment_size"),
+    ({"privacy": {"pseudonymize_user_ids": "yes"}}, "privacy.pseudonymize_user_ids"),
+    ({"output": {"lock_wait_s": -1}}, "output.lock_wait_s"),
+    ({"output": {"lock": "on"}}, "output.lock"),
+    ({"ingest": {"max_texts_per_user": 0}}, "ingest.max_texts_per_user"),
+    ({"ingest": {"dedupe_rows": 1}}, "ingest.dedupe_rows"),
+    ({"clean": {"max_chars": "lots"}}, "clean.max_chars"),
 ])
 def test_invalid_values_name_the_key(override, key):
     with pytest.raises(config.ConfigError, match=key.replace(".", r"\.")):
         config.load(None, {**BASE, **override} if "input" not in override else
                     {"input": {**BASE["input"], **override["input"]}})
+
+
+def test_errors_list_the_allowed_values():
+    with pytest.raises(config.ConfigError, match="privacy.small_segments: must be one of merge, suppress; got 'drop'"):
+        config.load(None, {**BASE, "privacy": {"small_segments": "drop"}})
+    with pytest.raises(config.ConfigError, match=r"unknown config key 'privacy\.salt' \(known: key_source, "):
+        config.load(None, {**BASE, "privacy": {"salt": "x"}})
 
 
 def test_texts_path_required():

@@ -20,7 +20,8 @@ import pandas as pd
 # One encoder per (path, device, precision) per Python worker process. Spark reuses
 # workers (spark.python.worker.reuse=true), so the model loads once per worker, not per task.
 _ENCODERS: dict[tuple[str, str, str], "Encoder"] = {}
-TOKENIZE_CHUNK = 1024  # texts per tokenizer call when tokenising on several threads
+TOKENIZE_CHUNK = 1024  # texts per tokenizer call (bounds the encodings alive at once)
+CUT_CHARS_PER_TOKEN = 32  # texts longer than max_tokens x this are cut before tokenising
 
 
 class ModelDirError(ValueError):
@@ -167,14 +168,34 @@ class Encoder:
         # any other call of the tokenizer object (padding=True, say) changes the backend's state.
         backend.no_padding()
         backend.enable_truncation(max_length=self.max_tokens)
-        if threads <= 1 or len(texts) < 2 * TOKENIZE_CHUNK:
-            return [e.ids for e in backend.encode_batch(texts)]
-        from concurrent.futures import ThreadPoolExecutor
+        # The tokenizer tokenises a text in full before truncating (and keeps the overflow), so a
+        # 200 KB text costs ~7 MB while its encoding lives. Long texts are cut at a whitespace
+        # first; whole words tokenise the same either way, so when the cut text still fills
+        # max_tokens its ids equal the full text's. If it does not, the full text is used.
+        limit = self.max_tokens * CUT_CHARS_PER_TOKEN
+        cut = [i for i, t in enumerate(texts) if len(t) > limit and t.rfind(" ", 0, limit) > 0]
+        if cut:
+            texts = list(texts)
+            full = {i: texts[i] for i in cut}
+            for i in cut:
+                texts[i] = texts[i][: texts[i].rfind(" ", 0, limit)]
 
+        def run(chunk: list[str]) -> list[list[int]]:
+            return [e.ids for e in backend.encode_batch(chunk)]
+
+        # Chunks bound how many encodings are alive at once, on one thread as on several.
         chunks = [texts[i:i + TOKENIZE_CHUNK] for i in range(0, len(texts), TOKENIZE_CHUNK)]
-        with ThreadPoolExecutor(threads) as pool:
-            parts = list(pool.map(lambda c: [e.ids for e in backend.encode_batch(c)], chunks))
-        return [ids for part in parts for ids in part]
+        if threads <= 1 or len(chunks) < 2:
+            ids = [x for c in chunks for x in run(c)]
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(threads) as pool:
+                ids = [x for part in pool.map(run, chunks) for x in part]
+        for i in cut:
+            if len(ids[i]) < self.max_tokens:
+                ids[i] = backend.encode(full[i]).ids
+        return ids
 
     def encode(self, texts: list[str], batch_size: int = 64, token_budget: int = 8192,
                threads: int | None = None) -> np.ndarray:
