@@ -263,7 +263,10 @@ def _run(spark: SparkSession, conf: dict, run_id: str) -> RunResult:
             if model is None:  # the sweep's model is reused when it already saw every user
                 model = cluster.fit(users, k, **common)
             assigned = keep(cluster.assign(users, model, cc["distance"]))
-            assigned, privacy_note = _min_segment_size(assigned, users, model, k, conf["privacy"], cc["distance"], keep)
+            # (MLlib may return fewer centroids than k when the data has fewer distinct points.)
+            n_centers = len(model.clusterCenters())
+            assigned, privacy_note = _min_segment_size(assigned, users, model, n_centers, conf["privacy"],
+                                                       cc["distance"], keep)
             feature_params.update(privacy_note)
             quality = {"silhouette": cluster.silhouette(assigned, cc["distance"]), **metrics.quality(assigned),
                        "stability_ari": None, "stable": None}

@@ -164,7 +164,7 @@ def test_assign_with_allowed_segments_never_picks_a_blocked_one(spark):
     rng = np.random.default_rng(0)
     pts = np.vstack([rng.normal(c, 0.1, size=(10, 2)) for c in ((0, 0), (5, 0), (0, 5))])
     users = spark.createDataFrame([(f"u{i}", Vectors.dense(p.tolist())) for i, p in enumerate(pts)],
-                                  "user_id string, features vector")
+                                  ["user_id", "features"])
     model = KMeans(k=3, seed=1).setPredictionCol("segment_id").fit(users)
     free = cluster.assign(users, model).select("user_id", "segment_id").collect()
     blocked = free[0].segment_id
