@@ -74,10 +74,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", default="lakehouse", help="output root of the segmentation job (default lakehouse)")
     p.add_argument("--user", required=True, help="user_id to explain")
     p.add_argument("--run-id", help="run to read (default: the latest succeeded run)")
+    p.add_argument("--key-source", help="tables with pseudonymous ids: --user is the raw id, hashed with the key "
+                                        "from here (env:NAME, as privacy.key_source)")
     args = p.parse_args(argv)
     try:
-        print(render(explain(args.output, args.user, args.run_id)))
-    except (LookupError, FileNotFoundError) as exc:
+        user = args.user
+        if args.key_source:
+            from jobs.privacy import pseudonym, user_id_key
+
+            user = pseudonym(user, user_id_key(args.key_source))
+        print(render(explain(args.output, user, args.run_id)))
+    except (LookupError, FileNotFoundError, ValueError) as exc:
         print(f"seglake-explain: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -101,6 +101,13 @@ def test_pseudonymous_run_stores_no_raw_id_and_never_the_key(spark, tmp_path, ti
     assert (us.n_events == 1).all()  # texts and events of a user met under the same pseudonym
     logs = caplog.text + "".join(capsys.readouterr())
     assert KEY not in logs and ".person" not in logs
+    # seglake-explain finds a user by the raw id when given where the key lives.
+    from jobs.explain import main as explain_main
+
+    assert explain_main(["--output", str(lake), "--user", "tech.person3@corp", "--key-source",
+                         "env:SEGLAKE_USER_ID_KEY"]) == 0
+    assert privacy.pseudonym("tech.person3@corp", KEY.encode()) in capsys.readouterr().out
+    assert explain_main(["--output", str(lake), "--user", "tech.person3@corp"]) == 1  # raw ids are not stored
     # The conf snapshot in the runs table names where the key lives, not the key.
     assert "env:SEGLAKE_USER_ID_KEY" in _table(lake / "runs").conf[0]
     # Without the key the job stops before Spark work, naming the variable.
