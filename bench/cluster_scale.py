@@ -87,6 +87,7 @@ from jobs.session import local_env  # noqa: E402 - needs the repo on sys.path
 local_env()
 
 from embed_memory import MiB, Sampler, _cmdline, _status  # noqa: E402 - the /proc sampler of the embed bench
+from results_md import append_result  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402 - module level: the Arrow UDFs' type hints are resolved in these globals
@@ -592,15 +593,8 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"{r['method']} at {r['n']:,}: the assign output's own sum of distance² is "
                          f"{rel:.1e} (relative) off the float64 cost; {r['segments_used']} of {args.k} segments used; "
                          f"MLlib trainingCost {r['mllib_training_cost']:.6g}; {r['partitions']} input partitions.")
-    lines += ["", "Reading it:", "", "- _(to be filled in: does any method meet ≤ 3× time and ≤ 1.01× cost at 1M; "
-                                       "is growth linear; where the memory goes.)_", ""]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    header = ("# Cluster stage at scale: MLlib against scikit-learn\n\n"
-              "Produced by `bench/cluster_scale.py` (see its docstring for the method).\n\n")
-    previous = out.read_text(encoding="utf-8") if out.exists() else header
-    out.write_text(previous.rstrip("\n") + "\n\n" + "\n".join(lines), encoding="utf-8")
-    print("\n".join(lines))
+    lines.append("")
+    append_result(args.out, "Cluster stage at scale: MLlib against scikit-learn", "cluster_scale.py", lines)
     return 0
 
 

@@ -48,6 +48,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from jobs.session import local_env  # noqa: E402 - needs the repo on sys.path
+from results_md import append_result  # noqa: E402 - bench/ is on sys.path (this script's folder)
 
 local_env()
 
@@ -363,13 +364,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"(same as warm-up: {r['same_worker']})")
     lines += ["", "Every point: one worker process, the same one that loaded the model in the warm-up."
               if not notes else "Worker processes: " + "; ".join(notes), ""]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    header = ("# Embed stage memory against partition size\n\n"
-              "Produced by `bench/embed_memory.py` (see its docstring for the method).\n\n")
-    previous = out.read_text(encoding="utf-8") if out.exists() else header
-    out.write_text(previous.rstrip("\n") + "\n\n" + "\n".join(lines), encoding="utf-8")
-    print("\n".join(lines))
+    append_result(args.out, "Embed stage memory against partition size", "embed_memory.py", lines)
     return 0
 
 

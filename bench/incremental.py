@@ -34,6 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from jobs.session import local_env  # noqa: E402 - needs the repo on sys.path
+from results_md import append_result  # noqa: E402 - bench/ is on sys.path (this script's folder)
 
 local_env()
 
@@ -161,12 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{inc.counts.get('users_new', 0):,}, segment changed {inc.counts.get('users_changed', 0):,}; "
                   f"drift far_share {inc.drift.get('far_share', float('nan')):.3f}, "
                   f"PSI {inc.drift.get('psi', float('nan')):.3f}.", ""]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    header = "# Incremental assignment vs full run\n\nProduced by `bench/incremental.py` (see its docstring).\n\n"
-    previous = out.read_text(encoding="utf-8") if out.exists() else header
-    out.write_text(previous.rstrip("\n") + "\n\n" + "\n".join(lines), encoding="utf-8")
-    print("\n".join(lines))
+    append_result(args.out, "Incremental assignment vs full run", "incremental.py", lines)
     return 0
 
 
