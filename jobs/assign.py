@@ -43,9 +43,9 @@ from jobs.clean import prepare_events, prepare_texts, rules
 from jobs.embed import embed_cached, embed_model_id
 from jobs.faults import crash_point
 from jobs.history import history_rows
-from jobs.lock import LockError, job_lock
+from jobs.lock import job_lock
 from jobs.profile import user_terms
-from jobs.segment_users import new_run_id, preflight, run_scope, stage
+from jobs.segment_users import new_run_id, preflight, run_cli, run_scope, stage
 from jobs.session import build_session, setup_logging
 from jobs.user_vectors import STATE_COLUMNS, combine_state, features, user_state
 
@@ -501,14 +501,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seglake-assign: configuration error: {exc}", file=sys.stderr)
         return 2
     spark = build_session({**conf["spark"], "app_name": "seglake-assign"})
-    try:
-        results = run_stream(spark, conf) if args.stream else [run(spark, conf, reassign_all=args.reassign_all)]
-    except ingest.InputError as exc:
-        print(f"seglake-assign: input error: {exc}", file=sys.stderr)
-        return 3
-    except LockError as exc:
-        print(f"seglake-assign: {exc}", file=sys.stderr)
-        return 4
+    results, code = run_cli("seglake-assign", lambda: run_stream(spark, conf) if args.stream
+                            else [run(spark, conf, reassign_all=args.reassign_all)])
+    if code:
+        return code
     for res in results:
         print(render(res))
     if args.refit_if_drifted and any(r.refit_reasons for r in results):

@@ -31,8 +31,7 @@ def prepare_texts(df: DataFrame, *, ts_format: str | None = None, max_tokens: in
     if user_key:
         df = pseudonymize(df, user_key)
     return (validate_texts(df, ts_format).transform(clean_texts, max_tokens, max_chars=max_chars)
-            .transform(tag_duplicates_and_cap, ["ts", "text", "item_id", "lang"], dedupe_rows, max_per_user,
-                       "texts"))
+            .transform(tag_duplicates_and_cap, ["ts", "text", "item_id", "lang"], dedupe_rows, max_per_user))
 
 
 def prepare_events(df: DataFrame, *, ts_format: str | None = None, rating_range: tuple[float, float] = (1.0, 5.0),
@@ -43,7 +42,7 @@ def prepare_events(df: DataFrame, *, ts_format: str | None = None, rating_range:
         df = pseudonymize(df, user_key)
     return (validate_events(df, ts_format, rating_range)
             .transform(tag_duplicates_and_cap, ["ts", "item_id", "event_type", "rating", "category"], dedupe_rows,
-                       max_per_user, "events"))
+                       max_per_user))
 
 
 def rules(conf: dict, name: str) -> dict:

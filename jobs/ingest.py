@@ -13,6 +13,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs.config import EVENT_COLUMNS, EVENT_TYPES, TEXT_COLUMNS
+from udfs.text_clean import mask_record_udf
 
 CORRUPT = "_corrupt_record"
 REASON = "reason"
@@ -191,7 +192,7 @@ def validate_events(df: DataFrame, ts_format: str | None = None,
 
 
 def tag_duplicates_and_cap(df: DataFrame, order_cols: list[str], dedupe: bool = True,
-                           max_per_user: int | None = None, name: str = "rows") -> DataFrame:
+                           max_per_user: int | None = None) -> DataFrame:
     """Per user, in one window (one shuffle by user_id):
 
     - `duplicate_row`: a usable row equal to another usable row of the same user in every
@@ -240,8 +241,6 @@ def split_quarantine(df: DataFrame) -> tuple[DataFrame, DataFrame]:
 
 def to_quarantine(rejected: DataFrame, input_name: str, source: str, run_id: str) -> DataFrame:
     """Rows for the quarantine table: the row as JSON (raw line for malformed records)."""
-    from udfs.text_clean import mask_record_udf
-
     data_cols = [c for c in rejected.columns if c not in (REASON, CORRUPT, "ts_raw", "ts")]
     record = F.to_json(F.struct(*data_cols, F.col("ts_raw").alias("ts")))
     # Rejected rows are stored too, so they are PII-masked like everything else (e-mails,

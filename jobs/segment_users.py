@@ -172,15 +172,17 @@ def _run(spark: SparkSession, conf: dict, run_id: str) -> RunResult:
     has_events = bool(conf["input"]["events"]["path"])
     log.info("run %s: writing to %s with the %s Delta writer", run_id, root, engine)
 
+    def unfinished() -> RunResult:
+        """The run so far, for a runs row written before it succeeded."""
+        return RunResult(run_id, root, tables, counts, reasons, 0, float("nan"), float("nan"), [], timings, 0.0)
+
     def record_failure(exc: BaseException) -> None:
         # Record the failure so readers can tell this run_id apart from a succeeded one.
-        failed = RunResult(run_id, root, tables, counts, reasons, 0, float("nan"), float("nan"), [], timings, 0.0)
-        _write_runs_row(spark, conf, failed, started, "failed", engine, None, None, error=repr(exc)[:2000])
+        _write_runs_row(spark, conf, unfinished(), started, "failed", engine, None, None, error=repr(exc)[:2000])
 
     # A "running" row first: if the driver dies, readers (and seglake-assign) can tell that this
     # run started and never finished; the final row replaces it (same run_id partition).
-    _write_runs_row(spark, conf, RunResult(run_id, root, tables, {}, {}, 0, float("nan"), float("nan"), [], {}, 0.0),
-                    started, "running", engine, None, None)
+    _write_runs_row(spark, conf, unfinished(), started, "running", engine, None, None)
     with run_scope(record_failure, f"run {run_id}") as keep:
         # Fail before any work when the model directory is missing (the executors would
         # otherwise each fail the same way, later, with a less direct error).
@@ -476,6 +478,20 @@ def preflight(conf: dict) -> None:
         privacy.user_id_key(pv["key_source"])
 
 
+def run_cli(prog: str, job: Callable[[], object]) -> tuple[object, int]:
+    """(job's result, 0), or (None, exit code) after one line on stderr for the errors a user
+    can act on: input problems (3) and an output root in use by another run (4). Anything
+    else is a bug or an infrastructure failure and keeps its traceback."""
+    try:
+        return job(), 0
+    except ingest.InputError as exc:
+        print(f"{prog}: input error: {exc}", file=sys.stderr)
+        return None, 3
+    except LockError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return None, 4
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level)
@@ -486,14 +502,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seglake-segment: configuration error: {exc}", file=sys.stderr)
         return 2
     spark = build_session(conf["spark"])
-    try:
-        result = run(spark, conf)
-    except ingest.InputError as exc:
-        print(f"seglake-segment: input error: {exc}", file=sys.stderr)
-        return 3
-    except LockError as exc:
-        print(f"seglake-segment: {exc}", file=sys.stderr)
-        return 4
+    result, code = run_cli("seglake-segment", lambda: run(spark, conf))
+    if code:
+        return code
     print(summary.render(result))
     return 0
 

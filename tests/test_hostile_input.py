@@ -136,9 +136,13 @@ def test_hostile_inputs_end_to_end(spark, tmp_path, tiny_model):
     seg = _table(lake / "segments")
     blob = seg.astype(str).to_csv() + us.astype(str).to_csv()
     assert planted["script_secret"] not in blob  # script contents are never user text
-    # The SQL-looking text is data: stored and shown literally.
-    cache_users = _table(lake / "user_vectors")
-    assert cache_users.n_texts[cache_users.user_id == "s1"].iloc[0] == 1
+    # The SQL-looking text is data: cleaned to itself (nothing escaped or stripped) and counted
+    # as its user's one text.
+    from udfs.text_clean import clean_text
+
+    assert clean_text(planted["sql"]) == planted["sql"]
+    state = _table(lake / "user_vectors")
+    assert state.n_texts[state.user_id == "s1"].iloc[0] == 1
 
 
 def test_empty_and_missing_inputs_are_clear_errors(spark, tmp_path, capsys):

@@ -173,12 +173,11 @@ class Encoder:
         # first; whole words tokenise the same either way, so when the cut text still fills
         # max_tokens its ids equal the full text's. If it does not, the full text is used.
         limit = self.max_tokens * CUT_CHARS_PER_TOKEN
-        cut = [i for i, t in enumerate(texts) if len(t) > limit and t.rfind(" ", 0, limit) > 0]
+        full = texts
+        cut = {i: t.rfind(" ", 0, limit) for i, t in enumerate(texts) if len(t) > limit}
+        cut = {i: at for i, at in cut.items() if at > 0}  # no whitespace to cut at: tokenised whole
         if cut:
-            texts = list(texts)
-            full = {i: texts[i] for i in cut}
-            for i in cut:
-                texts[i] = texts[i][: texts[i].rfind(" ", 0, limit)]
+            texts = [t[: cut[i]] if i in cut else t for i, t in enumerate(texts)]
 
         def run(chunk: list[str]) -> list[list[int]]:
             return [e.ids for e in backend.encode_batch(chunk)]
