@@ -19,13 +19,14 @@ per method; the JVM start and a warm-up job that starts the Python workers are n
                 init="k-means++", random_state=seed, tol=0) on float32 numpy; prepare = read
                 the Parquet with pyarrow into one (N, D) float32 array (the baseline runs on
                 one machine's memory by definition); fit + predict(all users) timed.
-  mllib-full    the job as it is today: users read from Parquet, `array_to_vector`, cached
+  job           the job's cluster stage: users read from Parquet, `array_to_vector`, cached
                 and counted (prepare: the job has `users` cached when the cluster stage
-                starts); `jobs.cluster.fit(users, k, n_init=1, max_iter=iters)` (MLlib
-                defaults: solver auto -> a Summarizer pass then the block solver on dense
-                data, maxBlockSizeInMB 0 = 1 MB, initSteps 2, tol 1e-4) then
-                `jobs.cluster.assign` (MLlib transform + the job's float64 pandas UDF for
-                distance and runner-up).
+                starts); `jobs.cluster.fit_on_sample(users, k, sample_size=--sample,
+                n_init=--n-init, max_iter=iters)` (a stratified sample; the job's estimator:
+                block solver, 8 MB blocks, MLlib's initSteps 2 and tol 1e-4; the restart
+                with the lowest sample cost wins) then `jobs.cluster.assign` on every user
+                (the job's Arrow UDF: float32 GEMM ranking, exact float64 distances).
+  mllib-full    the same, fitted on all users (`jobs.cluster.fit`).
   mllib-block   MLlib KMeans on ALL users with solver="block", maxBlockSizeInMB=--block-mb,
                 initSteps=--init-steps, tol=--tol, fitted on the Parquet column through
                 `array_to_vector`, not cached (the block solver caches its own double
@@ -92,7 +93,7 @@ from results_md import append_result  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402 - module level: the Arrow UDFs' type hints are resolved in these globals
 
-METHODS = ("sklearn", "mllib-full", "mllib-block", "mllib-sample")
+METHODS = ("sklearn", "job", "mllib-full", "mllib-block", "mllib-sample")
 
 
 # ---------------------------------------------------------------- memory per stage
@@ -343,12 +344,18 @@ def run_spark(args, sampler: StageSampler) -> dict:
                       solver="block", maxBlockSizeInMB=args.block_mb, featuresCol="features",
                       predictionCol="segment_id")
 
-    if method == "mllib-full":
+    if method in ("mllib-full", "job"):
         with sampler.stage("prepare"):
-            users = raw.select("user_id", array_to_vector("features").alias("features")).cache()
+            # The job's `users` frame: Vector features and the stratification columns, cached.
+            users = raw.select("user_id", array_to_vector("features").alias("features"), F.lit("en").alias("lang"),
+                               F.lit(1).alias("n_texts"), F.lit(0).alias("n_events")).cache()
             assert users.count() == n
         with sampler.stage("fit"):
-            model = cluster.fit(users, args.k, seed=args.seed, max_iter=args.iters, n_init=1)
+            fit_args = dict(seed=args.seed, max_iter=args.iters, n_init=args.n_init, init_steps=args.job_init_steps)
+            if method == "job":
+                model = cluster.fit_on_sample(users, args.k, n_users=n, sample_size=args.sample, **fit_args)
+            else:
+                model = cluster.fit(users, args.k, **fit_args)
         with sampler.stage("assign"):
             out.update(consume(cluster.assign(users, model)))
     elif method == "mllib-block":
@@ -413,7 +420,7 @@ def run_point(args) -> dict:
 
 # ---------------------------------------------------------------- parent
 
-FORWARD = ("dims", "k", "iters", "sample", "true_k", "spread", "seed", "init_steps", "block_mb", "tol",
+FORWARD = ("dims", "k", "iters", "sample", "n_init", "job_init_steps", "true_k", "spread", "seed", "init_steps", "block_mb", "tol",
            "driver_memory", "arrow_batch", "work")
 
 
@@ -447,7 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dims", type=int, default=384)
     p.add_argument("--k", type=int, default=50)
     p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--sample", type=int, default=100_000, help="users the mllib-sample method fits on")
+    p.add_argument("--sample", type=int, default=50_000, help="users the job / mllib-sample methods fit on")
+    p.add_argument("--job-init-steps", type=int, default=1, help="k-means|| steps of the job / mllib-full methods (the job's cluster.init_steps)")
+    p.add_argument("--n-init", type=int, default=8, help="restarts of the job / mllib-full methods (the job's n_init)")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--true-k", type=int, help="true clusters in the generated data (default 2 x k)")
     p.add_argument("--spread", type=float, default=0.5, help="std of the true centres' components (noise std ~1)")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import pandas as pd
-from pyspark.ml.clustering import BisectingKMeans, KMeans
+import pyarrow as pa
+from pyspark.ml.clustering import BisectingKMeans, BisectingKMeansModel, KMeans
 from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
@@ -17,11 +17,16 @@ log = logging.getLogger(__name__)
 
 
 def make_estimator(algorithm: str, k: int, seed: int = 42, max_iter: int = 40, distance: str = "euclidean",
-                   features_col: str = "features", prediction_col: str = "segment_id"):
-    """An unfitted MLlib estimator writing `prediction_col`."""
-    cls = {"kmeans": KMeans, "bisecting": BisectingKMeans}[algorithm]
-    return cls(k=k, seed=seed, maxIter=max_iter, distanceMeasure=distance, featuresCol=features_col,
-               predictionCol=prediction_col)
+                   features_col: str = "features", prediction_col: str = "segment_id", init_steps: int = 2):
+    """An unfitted MLlib estimator writing `prediction_col` (`init_steps`: k-means|| rounds)."""
+    if algorithm == "bisecting":
+        return BisectingKMeans(k=k, seed=seed, maxIter=max_iter, distanceMeasure=distance,
+                               featuresCol=features_col, predictionCol=prediction_col)
+    # The block solver (GEMM over stacked rows) with 8 MB blocks, as measured in
+    # bench/cluster_scale.py; MLlib's default picks it for dense data, with 1 MB blocks.
+    solver = {"solver": "block", "maxBlockSizeInMB": 8.0} if distance == "euclidean" else {}
+    return KMeans(k=k, seed=seed, maxIter=max_iter, distanceMeasure=distance, featuresCol=features_col,
+                  predictionCol=prediction_col, initSteps=init_steps, **solver)
 
 
 def silhouette(pred: DataFrame, distance: str = "euclidean", features_col: str = "features") -> float:
@@ -32,7 +37,7 @@ def silhouette(pred: DataFrame, distance: str = "euclidean", features_col: str =
 
 
 def fit(users: DataFrame, k: int, *, algorithm: str = "kmeans", seed: int = 42, max_iter: int = 40,
-        distance: str = "euclidean", n_init: int = 1):
+        distance: str = "euclidean", n_init: int = 1, init_steps: int = 2):
     """Fit `n_init` times (seeds seed, seed+1, ...) and keep the lowest within-cluster cost.
 
     One k-means|| run often stops in a poor local optimum (a cost above a smaller k's is the
@@ -42,10 +47,40 @@ def fit(users: DataFrame, k: int, *, algorithm: str = "kmeans", seed: int = 42, 
     """
     best = None
     for i in range(n_init):
-        model = make_estimator(algorithm, k, seed + i, max_iter, distance).fit(users)
+        model = make_estimator(algorithm, k, seed + i, max_iter, distance, init_steps=init_steps).fit(users)
         if best is None or model.summary.trainingCost < best.summary.trainingCost:
             best = model
     return best
+
+
+def fit_on_sample(users: DataFrame, k: int, *, n_users: int, sample_size: int | None, seed: int = 42,
+                  **fit_args):
+    """`fit`, on a stratified sample of about `sample_size` users when there are more of them.
+
+    A centroid is a mean: a few thousand users per segment pin it down, so the model's quality
+    depends on the sample, not on the population, while a fit's time grows with users x
+    iterations x restarts. Measured (bench/cluster_scale.py, 1M users x 384 dims, k = 50):
+    fitting on 100k users and assigning all 1M (`assign`) takes about the time scikit-learn
+    needs on one machine, fitting on all 1M over five times as long. Everyone is assigned
+    afterwards; the sample is released when the fit is done.
+    """
+    if not sample_size or n_users <= sample_size:
+        return fit(users, k, seed=seed, **fit_args)
+    # One partition per core: the cached users may have thousands of partitions, and every
+    # iteration of every restart would schedule a task for each.
+    cores = users.sparkSession.sparkContext.defaultParallelism
+    sample = stratified_sample(users, n_users, sample_size, seed).select("features").coalesce(cores).persist()
+    try:
+        return fit(sample, k, seed=seed, **fit_args)
+    finally:
+        sample.unpersist()
+
+
+def total_cost(assigned: DataFrame, distance: str = "euclidean") -> float:
+    """The k-means objective over every assigned user, as MLlib defines it: the sum of squared
+    euclidean distances, or of cosine distances, to the user's centroid."""
+    d = F.col("distance") if distance == "cosine" else F.col("distance") * F.col("distance")
+    return float(assigned.agg(F.sum(d)).first()[0] or 0.0)
 
 
 def stratified_sample(users: DataFrame, n_users: int, sample_size: int, seed: int = 42,
@@ -76,7 +111,8 @@ def choose_k(scores: list[dict], tolerance: float = 0.0) -> int:
 
 def sweep_k(users: DataFrame, k_min: int, k_max: int, *, n_users: int, sample_size: int = 20000,
             algorithm: str = "kmeans", seed: int = 42, max_iter: int = 40, distance: str = "euclidean",
-            n_init: int = 1, tolerance: float = 0.0) -> tuple[int, list[dict], object | None, DataFrame]:
+            n_init: int = 1, init_steps: int = 2, tolerance: float = 0.0
+            ) -> tuple[int, list[dict], object | None, DataFrame]:
     """Fit every k in [k_min, k_max] on a stratified sample and score it (silhouette, WSSSE,
     Davies-Bouldin, Calinski-Harabasz, balance). Returns (chosen k, per-k scores, the chosen
     k's model when the sample was all users — so it need not be fitted again — and the
@@ -85,7 +121,8 @@ def sweep_k(users: DataFrame, k_min: int, k_max: int, *, n_users: int, sample_si
     n_sample = sample.count()
     scores, models = [], {}
     for k in range(k_min, min(k_max, n_sample - 1) + 1):
-        model = fit(sample, k, algorithm=algorithm, seed=seed, max_iter=max_iter, distance=distance, n_init=n_init)
+        model = fit(sample, k, algorithm=algorithm, seed=seed, max_iter=max_iter, distance=distance, n_init=n_init,
+                    init_steps=init_steps)
         if sample_size >= n_users:
             models[k] = model
         pred = model.transform(sample).cache()
@@ -105,64 +142,115 @@ def sweep_k(users: DataFrame, k_min: int, k_max: int, *, n_users: int, sample_si
 
 
 def stability(sample: DataFrame, k: int, seeds: list[int], *, algorithm: str = "kmeans", max_iter: int = 40,
-              distance: str = "euclidean", n_init: int = 1) -> float:
+              distance: str = "euclidean", n_init: int = 1, init_steps: int = 2) -> float:
     """Mean pairwise adjusted Rand index between fits with different seeds on `sample`
     (each fit as the job does it, n_init restarts included). 1 = the same segments."""
     pred = sample.select("features")
     cols = []
     for i, seed in enumerate(seeds):
-        model = fit(sample, k, algorithm=algorithm, seed=seed, max_iter=max_iter, distance=distance, n_init=n_init)
+        model = fit(sample, k, algorithm=algorithm, seed=seed, max_iter=max_iter, distance=distance, n_init=n_init,
+                    init_steps=init_steps)
         model.setPredictionCol(f"_s{i}")
         pred = model.transform(pred)
         cols.append(f"_s{i}")
     return metrics.pairwise_ari(pred.cache(), cols)
 
 
+def _nearest_two(x: np.ndarray, centers: np.ndarray, scores: np.ndarray, own: np.ndarray | None,
+                 cosine: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(own id, own distance, runner-up id or -1, runner-up distance or NaN) per row of `x`
+    (float64; unit rows and centroids for cosine, whose distance is 1 - cos).
+
+    `scores` ranks the centroids per row (smaller = nearer; blocked centroids +inf), computed
+    in float32: one GEMM, the whole cost of the stage. Only the two best are then measured
+    exactly in float64 (x - c), and swapped if float32 rounding had them the wrong way round,
+    so the reported distances and the nearest centroid do not depend on float32 precision.
+    `own`, when given, is the segment already chosen (a bisecting tree's path)."""
+    n, k = scores.shape
+    rows = np.arange(n)
+
+    def dist(ids: np.ndarray) -> np.ndarray:
+        if cosine:
+            return 1.0 - np.einsum("ij,ij->i", x, centers[ids])
+        diff = x - centers[ids]
+        return np.sqrt(np.einsum("ij,ij->i", diff, diff))
+
+    if own is None:
+        top = np.argpartition(scores, 1, axis=1)[:, :2] if k > 1 else np.zeros((n, 1), dtype=np.int64)
+        first = top[:, 0]
+        second = top[:, 1] if k > 1 else np.full(n, -1)
+    else:
+        first = own.astype(np.int64)
+        rest = scores.copy()
+        rest[rows, first] = np.inf
+        second = rest.argmin(1) if k > 1 else np.full(n, -1)
+    valid = (second >= 0) & np.isfinite(scores[rows, np.maximum(second, 0)])
+    second = np.where(valid, second, -1)
+    d1 = dist(first)
+    d2 = np.where(valid, dist(np.maximum(second, 0)), np.nan)
+    if own is None:
+        swap = valid & (d2 < d1)
+        first, second = np.where(swap, second, first), np.where(swap, first, second)
+        d1, d2 = np.where(swap, d2, d1), np.where(swap, d1, d2)
+    return first, d1, second, d2
+
+
 def assign(users: DataFrame, model, distance: str = "euclidean", allowed: list[int] | None = None) -> DataFrame:
-    """Add `segment_id` (the model's assignment), `distance` to that segment's centroid
-    (euclidean, or cosine distance 1 - cos), and the runner-up: `second_segment_id`,
-    `second_distance` and `margin` = second_distance - distance (small = borderline user).
+    """Add `segment_id` (the nearest centroid; a bisecting model's own tree path), `distance`
+    to that segment's centroid (euclidean, or cosine distance 1 - cos), and the runner-up:
+    `second_segment_id`, `second_distance` and `margin` = second_distance - distance (small =
+    borderline user).
 
     With `allowed` (segment ids), users go to the nearest allowed centroid instead: the
     segments left out were too small to publish (privacy.min_segment_size) and are merged
-    into their neighbours."""
+    into their neighbours.
+
+    One Arrow UDF per batch of users (vectors sent as float32: half the bytes of doubles, 7
+    significant digits): a float32 GEMM against all centroids ranks them, the best two are
+    measured in float64 (`_nearest_two`). Measured (bench/cluster_scale.py) this is
+    what makes assigning every user cheap next to the fit; MLlib's transform predicts row by
+    row and would have to be followed by a second pass for the distances anyway.
+    """
     centers = np.vstack(model.clusterCenters()).astype(np.float64)
-    blocked = None
-    if allowed is not None:
-        blocked = np.ones(len(centers), dtype=bool)
-        blocked[list(allowed)] = False
-    if distance == "cosine":
+    k, dims = centers.shape
+    cosine = distance == "cosine"
+    if cosine:
         centers = centers / np.maximum(np.linalg.norm(centers, axis=1, keepdims=True), 1e-12)
+    blocked = np.ones(k, dtype=bool)
+    blocked[list(range(k)) if allowed is None else list(allowed)] = False
+    c32t = np.ascontiguousarray(centers.T.astype(np.float32))
+    c_sq = (centers * centers).sum(1).astype(np.float32)
+    # A bisecting model assigns by walking its tree, which need not end at the nearest leaf:
+    # its own prediction is kept unless segments are merged (then the nearest allowed wins).
+    tree = isinstance(model, BisectingKMeansModel) and allowed is None
 
-    @F.pandas_udf("segment_id int, distance double, second_segment_id int, second_distance double")
-    def _dist(vecs: pd.Series, seg: pd.Series) -> pd.DataFrame:
-        if not len(vecs):
-            return pd.DataFrame({"segment_id": [], "distance": [], "second_segment_id": [], "second_distance": []})
-        x = np.vstack(vecs.to_numpy())
-        if distance == "cosine":
-            nx = np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-            d = 1.0 - (x / nx) @ centers.T
-        else:
-            # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2, as one GEMM against all centroids.
-            d2 = (x * x).sum(1)[:, None] - 2 * x @ centers.T + (centers * centers).sum(1)[None, :]
-            d = np.sqrt(np.maximum(d2, 0.0))
-        if blocked is not None:
-            d[:, blocked] = np.inf
-            own = d.argmin(1)
-        else:
-            own = seg.to_numpy().astype(int)  # the model's own prediction (a bisecting tree's path)
-        rows = np.arange(len(x))
-        own_d = d[rows, own]
-        d[rows, own] = np.inf
-        second = d.argmin(1) if d.shape[1] > 1 else np.full(len(x), -1)
-        second_d = d[rows, second] if d.shape[1] > 1 else np.full(len(x), np.nan)
-        none = ~np.isfinite(second_d)  # only one segment allowed: no runner-up
-        second, second_d = np.where(none, -1, second), np.where(none, np.nan, second_d)
-        return pd.DataFrame({"segment_id": own.astype("int32"), "distance": own_d,
-                             "second_segment_id": second.astype("int32"), "second_distance": second_d})
+    @F.arrow_udf("segment_id int, distance double, second_segment_id int, second_distance double")
+    def _assign(vecs: pa.Array, seg: pa.Array) -> pa.Array:
+        n = len(vecs)
+        if vecs.null_count:
+            raise ValueError("user vectors must not be null")
+        x = vecs.flatten().to_numpy(zero_copy_only=False).reshape(n, dims)
+        xd = x.astype(np.float64)
+        if cosine:
+            xd /= np.maximum(np.linalg.norm(xd, axis=1, keepdims=True), 1e-12)
+            x = xd.astype(np.float32)
+        scores = x @ c32t
+        if cosine:  # nearest = largest cosine
+            np.negative(scores, out=scores)
+        else:  # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2; ||x||^2 is the same for every c
+            scores *= -2.0
+            scores += c_sq[None, :]
+        scores[:, blocked] = np.inf
+        own = seg.to_numpy(zero_copy_only=False) if tree else None
+        first, d1, second, d2 = _nearest_two(xd, centers, scores, own, cosine)
+        return pa.StructArray.from_arrays(
+            [pa.array(first.astype(np.int32)), pa.array(d1), pa.array(second.astype(np.int32)), pa.array(d2)],
+            names=["segment_id", "distance", "second_segment_id", "second_distance"])
 
-    pred = model.transform(users).withColumn("_a", _dist(vector_to_array("features"), F.col("segment_id")))
-    return (pred.withColumn("segment_id", F.col("_a.segment_id")).withColumn("distance", F.col("_a.distance"))
+    base = model.transform(users) if tree else users.withColumn("segment_id", F.lit(-1))
+    vec = vector_to_array("features", "float32")
+    return (base.withColumn("_a", _assign(vec, F.col("segment_id")))
+            .withColumn("segment_id", F.col("_a.segment_id")).withColumn("distance", F.col("_a.distance"))
             .withColumn("second_segment_id", F.when(F.col("_a.second_segment_id") >= 0, F.col("_a.second_segment_id")))
             .withColumn("second_distance", F.col("_a.second_distance"))
             .withColumn("margin", F.col("second_distance") - F.col("distance"))

@@ -67,9 +67,11 @@ DEFAULTS: dict[str, Any] = {
         "k_min": 2,
         "k_max": 12,
         "sample_size": 20000,
+        "fit_sample_size": 100000,  # the final model is fitted on at most this many users (null: all)
         "seed": 42,
         "max_iter": 40,
         "n_init": 3,  # restarts per fit; the lowest cost wins
+        "init_steps": 1,  # k-means|| rounds (MLlib's default is 2; 1 found better optima in bench/cluster_scale.py)
         "k_tolerance": 0.01,  # k auto: smallest k with silhouette >= best - tolerance
         "stability_seeds": 0,  # >= 2: refit with this many seeds on the sample, report mean pairwise ARI
         "stability_min_ari": 0.8,  # below it the run is flagged unstable
@@ -263,9 +265,12 @@ def validate(conf: dict, job: str = "segment") -> None:
     _int(conf, "cluster.k_max", 2)
     _check(conf["cluster"]["k_min"] <= conf["cluster"]["k_max"], "cluster.k_min", "must be <= cluster.k_max")
     _int(conf, "cluster.sample_size", 10)
+    if conf["cluster"]["fit_sample_size"] is not None:
+        _int(conf, "cluster.fit_sample_size", 10)
     _int(conf, "cluster.seed", 0)
     _int(conf, "cluster.max_iter", 1)
     _int(conf, "cluster.n_init", 1, 50)
+    _int(conf, "cluster.init_steps", 1, 20)
     _int(conf, "cluster.stability_seeds", 0, 20)
     for key in ("cluster.k_tolerance", "cluster.stability_min_ari"):
         v = get(conf, key)

@@ -253,7 +253,7 @@ def _run(spark: SparkSession, conf: dict, run_id: str) -> RunResult:
             k_scores: list[dict] = []
             k = cc["k"]
             common = dict(algorithm=cc["algorithm"], seed=cc["seed"], max_iter=cc["max_iter"],
-                          distance=cc["distance"], n_init=cc["n_init"])
+                          distance=cc["distance"], n_init=cc["n_init"], init_steps=cc["init_steps"])
             model, sample = None, None
             if k == "auto":
                 k, k_scores, model, sample = cluster.sweep_k(
@@ -263,7 +263,8 @@ def _run(spark: SparkSession, conf: dict, run_id: str) -> RunResult:
             if k > counts["users"]:
                 raise ValueError(f"k={k} is larger than the number of users ({counts['users']})")
             if model is None:  # the sweep's model is reused when it already saw every user
-                model = cluster.fit(users, k, **common)
+                model = cluster.fit_on_sample(users, k, n_users=counts["users"],
+                                              sample_size=cc["fit_sample_size"], **common)
             assigned = keep(cluster.assign(users, model, cc["distance"]))
             # (MLlib may return fewer centroids than k when the data has fewer distinct points.)
             n_centers = len(model.clusterCenters())
@@ -278,13 +279,13 @@ def _run(spark: SparkSession, conf: dict, run_id: str) -> RunResult:
                 seeds = [cc["seed"] + 1000 * (i + 1) for i in range(cc["stability_seeds"])]
                 quality["stability_ari"] = cluster.stability(
                     sample, k, seeds, algorithm=cc["algorithm"], max_iter=cc["max_iter"], distance=cc["distance"],
-                    n_init=cc["n_init"])
+                    n_init=cc["n_init"], init_steps=cc["init_steps"])
                 quality["stable"] = quality["stability_ari"] >= cc["stability_min_ari"]
                 if not quality["stable"]:
                     log.warning("unstable segmentation: mean pairwise ARI over %d seeds is %.3f (< %.2f); "
                                 "segments depend on the seed, consider another k or more data",
                                 len(seeds), quality["stability_ari"], cc["stability_min_ari"])
-            cost = float(model.summary.trainingCost)
+            cost = cluster.total_cost(assigned, cc["distance"])  # every user's, not the fit sample's
             feature_params["drift_reference"] = drift_reference(assigned)
             model_path = f"{root}/models/{run_id}"
             model.write().overwrite().save(model_path)

@@ -94,3 +94,16 @@ def test_restarts_keep_the_lowest_cost(blobs):
 def test_silhouette_high_for_planted_groups(blobs):
     pred = cluster.assign(blobs, cluster.fit(blobs, 4), "euclidean")
     assert cluster.silhouette(pred) > 0.8
+
+
+def test_fit_on_a_sample_then_assign_everyone(blobs):
+    model = cluster.fit_on_sample(blobs, 4, n_users=120, sample_size=60, seed=3)
+    pred = cluster.assign(blobs, model, "euclidean")
+    rows = pred.collect()
+    assert len(rows) == 120 and _groups_match(rows)
+    # The nearest centroid, as MLlib itself would predict it, and the objective over everyone.
+    mllib = {r.user_id: r.segment_id for r in model.transform(blobs).collect()}
+    assert all(mllib[r.user_id] == r.segment_id for r in rows)
+    centers = np.vstack(model.clusterCenters())
+    expected = sum(float(((r.features.toArray() - centers[r.segment_id]) ** 2).sum()) for r in rows)
+    assert cluster.total_cost(pred) == pytest.approx(expected, rel=1e-6)  # vectors travel as float32
