@@ -88,7 +88,7 @@ from jobs.session import local_env  # noqa: E402 - needs the repo on sys.path
 local_env()
 
 from embed_memory import MiB, Sampler, _cmdline, _status  # noqa: E402 - the /proc sampler of the embed bench
-from results_md import append_result  # noqa: E402
+from results_md import append_result, mem_total  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402 - module level: the Arrow UDFs' type hints are resolved in these globals
@@ -438,14 +438,6 @@ def spawn(args, n: int, method: str, check_centers: str | None = None) -> dict:
     os.unlink(path)
     res["method"] = method
     return res
-
-
-def mem_total() -> int:
-    with open("/proc/meminfo", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,7 +77,7 @@ from jobs.session import local_env  # noqa: E402 - needs the repo on sys.path
 
 local_env()
 
-from results_md import append_result  # noqa: E402 - bench/ is on sys.path
+from results_md import append_result, mem_total  # noqa: E402 - bench/ is on sys.path
 
 import numpy as np  # noqa: E402
 
@@ -139,14 +139,6 @@ def token_lengths(model_path: str, texts: list[str], max_tokens: int) -> np.ndar
 
 def slash(values, spec: str = ".1f") -> str:
     return " / ".join(format(v, spec) for v in values)
-
-
-def mem_total() -> int:
-    with open("/proc/meminfo", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 # ---------------------------------------------------------------- one point (child process)

@@ -13,3 +13,12 @@ def append_result(out: str | Path, title: str, script: str, lines: list[str]) ->
     previous = out.read_text(encoding="utf-8") if out.exists() else header
     out.write_text(previous.rstrip("\n") + "\n\n" + "\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
+
+
+def mem_total() -> int:
+    """The machine's RAM in bytes (for the results' machine line)."""
+    with open("/proc/meminfo", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return 0
