@@ -5,6 +5,7 @@ import logging
 
 import numpy as np
 import pyarrow as pa
+from py4j.protocol import Py4JJavaError
 from pyspark.ml.clustering import BisectingKMeans, BisectingKMeansModel, KMeans
 from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.functions import vector_to_array
@@ -36,6 +37,23 @@ def silhouette(pred: DataFrame, distance: str = "euclidean", features_col: str =
                                      metricName="silhouette", distanceMeasure=measure).evaluate(pred))
 
 
+def _fit_one(estimator, users: DataFrame):
+    """estimator.fit(users), with one known MLlib failure handled: the block solver indexes
+    past its arrays (ArrayIndexOutOfBoundsException in KMeansAggregator) when k-means|| finds
+    fewer than k distinct centres, which happens when users have fewer distinct vectors than
+    k (copies of one behaviour profile, say). The row solver returns the fewer centres, and
+    is only slower."""
+    try:
+        return estimator.fit(users)
+    except Py4JJavaError as exc:
+        if not (isinstance(estimator, KMeans) and estimator.getSolver() == "block"
+                and "KMeansAggregator" in str(exc)):
+            raise
+        log.warning("MLlib's block solver failed (fewer distinct vectors than k=%d); refitting with the row solver",
+                    estimator.getK())
+        return estimator.setSolver("row").fit(users)
+
+
 def fit(users: DataFrame, k: int, *, algorithm: str = "kmeans", seed: int = 42, max_iter: int = 40,
         distance: str = "euclidean", n_init: int = 1, init_steps: int = 2):
     """Fit `n_init` times (seeds seed, seed+1, ...) and keep the lowest within-cluster cost.
@@ -47,7 +65,7 @@ def fit(users: DataFrame, k: int, *, algorithm: str = "kmeans", seed: int = 42, 
     """
     best = None
     for i in range(n_init):
-        model = make_estimator(algorithm, k, seed + i, max_iter, distance, init_steps=init_steps).fit(users)
+        model = _fit_one(make_estimator(algorithm, k, seed + i, max_iter, distance, init_steps=init_steps), users)
         if best is None or model.summary.trainingCost < best.summary.trainingCost:
             best = model
     return best

@@ -107,3 +107,15 @@ def test_fit_on_a_sample_then_assign_everyone(blobs):
     centers = np.vstack(model.clusterCenters())
     expected = sum(float(((r.features.toArray() - centers[r.segment_id]) ** 2).sum()) for r in rows)
     assert cluster.total_cost(pred) == pytest.approx(expected, rel=1e-6)  # vectors travel as float32
+
+
+def test_fewer_distinct_vectors_than_k(spark):
+    # 5 distinct vectors, k = 8: MLlib's block solver fails on this; the fit falls back to
+    # the row solver, which returns the 5 centres, and every user is still assigned.
+    rows = [(f"u{i}", Vectors.dense([float(i % 5), 2.0 * (i % 5)])) for i in range(60)]
+    users = spark.createDataFrame(rows, ["user_id", "features"])
+    model = cluster.fit(users, 8)
+    assert len(model.clusterCenters()) == 5
+    pred = cluster.assign(users, model).collect()
+    assert len(pred) == 60 and {r.distance for r in pred} == {0.0}
+    assert len({r.segment_id for r in pred}) == 5
