@@ -40,17 +40,19 @@ def silhouette(pred: DataFrame, distance: str = "euclidean", features_col: str =
 def _fit_one(estimator, users: DataFrame):
     """estimator.fit(users), with one known MLlib failure handled: the block solver indexes
     past its arrays (ArrayIndexOutOfBoundsException in KMeansAggregator) when k-means|| finds
-    fewer than k distinct centres, which happens when users have fewer distinct vectors than
-    k (copies of one behaviour profile, say). The row solver returns the fewer centres, and
-    is only slower."""
+    fewer than k distinct centres: users with fewer distinct vectors than k (copies of one
+    behaviour profile, say), or a small sample with few k-means|| candidates. The row solver
+    returns the fewer centres (a restart with k of them has the lower cost and wins), and is
+    only slower. (After a few of these the JVM throws the exception without its stack trace,
+    so the class name is what is matched.)"""
     try:
         return estimator.fit(users)
     except Py4JJavaError as exc:
         if not (isinstance(estimator, KMeans) and estimator.getSolver() == "block"
-                and "KMeansAggregator" in str(exc)):
+                and "ArrayIndexOutOfBoundsException" in str(exc)):
             raise
-        log.warning("MLlib's block solver failed (fewer distinct vectors than k=%d); refitting with the row solver",
-                    estimator.getK())
+        log.warning("MLlib's block solver failed (k-means|| found fewer than k=%d distinct centres); refitting "
+                    "with the row solver", estimator.getK())
         return estimator.setSolver("row").fit(users)
 
 

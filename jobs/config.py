@@ -71,7 +71,7 @@ DEFAULTS: dict[str, Any] = {
         "seed": 42,
         "max_iter": 40,
         "n_init": 3,  # restarts per fit; the lowest cost wins
-        "init_steps": 1,  # k-means|| rounds (MLlib's default is 2; 1 found better optima in bench/cluster_scale.py)
+        "init_steps": 2,  # k-means|| rounds (MLlib's default; the large-data profiles use 1, see bench/cluster_scale.py)
         "k_tolerance": 0.01,  # k auto: smallest k with silhouette >= best - tolerance
         "stability_seeds": 0,  # >= 2: refit with this many seeds on the sample, report mean pairwise ARI
         "stability_min_ari": 0.8,  # below it the run is flagged unstable
