@@ -22,9 +22,10 @@ per method; the JVM start and a warm-up job that starts the Python workers are n
   job           the job's cluster stage: users read from Parquet, `array_to_vector`, cached
                 and counted (prepare: the job has `users` cached when the cluster stage
                 starts); `jobs.cluster.fit_on_sample(users, k, sample_size=--sample,
-                n_init=--n-init, max_iter=iters)` (a stratified sample; the job's estimator:
-                block solver, 8 MB blocks, MLlib's initSteps 2 and tol 1e-4; the restart
-                with the lowest sample cost wins) then `jobs.cluster.assign` on every user
+                n_init=--n-init, init_steps=--job-init-steps, max_iter=iters)` (a stratified
+                sample; the job's estimator: block solver, 8 MB blocks, tol 1e-4; defaults
+                50k users, 8 restarts, 1 k-means|| round; the restart with the lowest sample
+                cost wins) then `jobs.cluster.assign` on every user
                 (the job's Arrow UDF: float32 GEMM ranking, exact float64 distances).
   mllib-full    the same, fitted on all users (`jobs.cluster.fit`).
   mllib-block   MLlib KMeans on ALL users with solver="block", maxBlockSizeInMB=--block-mb,
