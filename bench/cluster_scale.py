@@ -33,18 +33,15 @@ per method; the JVM start and a warm-up job that starts the Python workers are n
                 `array_to_vector`, not cached (the block solver caches its own double
                 blocks, so no user-level cache: no double caching; MLlib 4.2 rejects the
                 Parquet array<float> itself because its elements are nullable);
-                assign = this bench's float32 GEMM Arrow UDF over the Parquet column.
+                assign = `jobs.cluster.assign` (below).
   mllib-sample  the same estimator fitted on a uniform sample of --sample users (read from
                 Parquet, `sample`, `array_to_vector`, cached; part of fit time), then every
-                user assigned with the float32 GEMM Arrow UDF.
+                user assigned with `jobs.cluster.assign`.
 
-The GEMM assign UDF (here, not in jobs/): per Arrow batch, x (n x D float32, zero-copy from
-the list column) against the centroids C: ||x||^2 - 2 x C^T + ||C||^2 (one float32 GEMM),
-nearest and runner-up by argpartition; output is the same as jobs.cluster.assign's:
-segment_id, distance, second_segment_id, second_distance. `jobs.cluster.assign` is not reused
-for the lean methods because it runs MLlib's own transform first (per-row predict in the JVM)
-and then a float64 pandas UDF that stacks a Series of arrays: twice the distance work and a
-Vector -> array -> numpy copy per row.
+Assign, for every Spark method: `jobs.cluster.assign` (the job's Arrow UDF: a float32 GEMM
+ranks the centroids, the best two are measured in float64) over the users as MLlib vectors;
+mllib-block / mllib-sample convert the Parquet column with `array_to_vector` first, as the job
+holds its users.
 
 Timing: `fit` and `assign` (assign = every user assigned, consumed by an aggregate: count,
 sum of distance^2 - nothing per user reaches the driver). `fit+assign` is the target number,
@@ -212,42 +209,6 @@ def load_numpy(path: Path, n: int, dims: int):
 
 # ---------------------------------------------------------------- Spark helpers
 
-def gemm_assign(col, centers):
-    """float32 GEMM assign (see the docstring): struct of segment_id, distance,
-    second_segment_id, second_distance for the array<float> column `col`."""
-    from pyspark.sql import functions as F
-
-    c = np.ascontiguousarray(centers, dtype=np.float32)
-    ct = np.ascontiguousarray(c.T)
-    c2 = (c.astype(np.float64) ** 2).sum(1).astype(np.float32)
-    k, dims = c.shape
-
-    @F.arrow_udf("segment_id int, distance double, second_segment_id int, second_distance double")
-    def _assign(v: pa.Array) -> pa.Array:
-        n = len(v)
-        x = v.flatten().to_numpy(zero_copy_only=False).reshape(n, dims)
-        d2 = x @ ct
-        d2 *= -2.0
-        d2 += c2[None, :]
-        d2 += np.einsum("ij,ij->i", x, x)[:, None]
-        rows = np.arange(n)
-        if k > 1:
-            two = np.argpartition(d2, 1, axis=1)[:, :2]
-            swap = d2[rows, two[:, 0]] > d2[rows, two[:, 1]]
-            own = np.where(swap, two[:, 1], two[:, 0])
-            second = np.where(swap, two[:, 0], two[:, 1])
-            second_d = pa.array(np.sqrt(np.maximum(d2[rows, second], 0)).astype(np.float64))
-            second_id = pa.array(second.astype(np.int32))
-        else:
-            own = np.zeros(n, dtype=np.int64)
-            second_id, second_d = pa.nulls(n, pa.int32()), pa.nulls(n, pa.float64())
-        own_d = np.sqrt(np.maximum(d2[rows, own], 0)).astype(np.float64)
-        return pa.StructArray.from_arrays([pa.array(own.astype(np.int32)), pa.array(own_d), second_id, second_d],
-                                          names=["segment_id", "distance", "second_segment_id", "second_distance"])
-
-    return _assign(col)
-
-
 def nearest_cost(col, centers):
     """float64 squared distance of each row of the array<float> column to its nearest centroid
     (nearest by the expansion, then the exact sum of squared differences to it)."""
@@ -334,11 +295,12 @@ def run_spark(args, sampler: StageSampler) -> dict:
         # the first timed UDF; a first scan of the Parquet footers.
         # (The aggregates read the UDF's output: a bare count would prune the UDF away.)
         zeros = np.zeros((2, args.dims))
-        raw.limit(64).select(gemm_assign(F.col("features"), zeros).alias("_a")).agg(F.sum("_a.distance")).first()
+        raw.limit(64).select(nearest_cost(F.col("features"), zeros).alias("d2")).agg(F.sum("d2")).first()
         spark.range(0, 4096, 1, numPartitions=2).select(
-            gemm_assign(F.array(*[F.lit(0.0).cast("float")] * args.dims), zeros).alias("_a")
-        ).agg(F.sum("_a.distance")).first()
+            nearest_cost(F.array(*[F.lit(0.0).cast("float")] * args.dims), zeros).alias("d2")
+        ).agg(F.sum("d2")).first()
     out: dict = {"n": n, "partitions": raw.rdd.getNumPartitions()}
+    vectors = raw.select("user_id", array_to_vector("features").alias("features"))  # the job's users, uncached
 
     def estimator():
         return KMeans(k=args.k, seed=args.seed, maxIter=args.iters, tol=args.tol, initSteps=args.init_steps,
@@ -366,8 +328,7 @@ def run_spark(args, sampler: StageSampler) -> dict:
             # block solver caches its own blocks.
             model = estimator().fit(raw.select(array_to_vector("features").alias("features")))
         with sampler.stage("assign"):
-            centers = np.vstack(model.clusterCenters())
-            out.update(consume(raw.withColumn("_a", gemm_assign(F.col("features"), centers)).select("user_id", "_a.*")))
+            out.update(consume(cluster.assign(vectors, model)))
     elif method == "mllib-sample":
         with sampler.stage("fit"):
             fraction = min(1.0, args.sample / n)
@@ -376,8 +337,7 @@ def run_spark(args, sampler: StageSampler) -> dict:
             out["sample_size"] = sample.count()
             model = estimator().fit(sample)
         with sampler.stage("assign"):
-            centers = np.vstack(model.clusterCenters())
-            out.update(consume(raw.withColumn("_a", gemm_assign(F.col("features"), centers)).select("user_id", "_a.*")))
+            out.update(consume(cluster.assign(vectors, model)))
     else:
         raise ValueError(method)
     assert out["n"] == n, out

@@ -236,8 +236,7 @@ def assign(users: DataFrame, model, distance: str = "euclidean", allowed: list[i
     cosine = distance == "cosine"
     if cosine:
         centers = centers / np.maximum(np.linalg.norm(centers, axis=1, keepdims=True), 1e-12)
-    blocked = np.ones(k, dtype=bool)
-    blocked[list(range(k)) if allowed is None else list(allowed)] = False
+    blocked = np.zeros(k, dtype=bool) if allowed is None else ~np.isin(np.arange(k), list(allowed))
     c32t = np.ascontiguousarray(centers.T.astype(np.float32))
     c_sq = (centers * centers).sum(1).astype(np.float32)
     # A bisecting model assigns by walking its tree, which need not end at the nearest leaf:
