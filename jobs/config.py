@@ -84,6 +84,18 @@ DEFAULTS: dict[str, Any] = {
         "small_segments": "merge",  # merge | suppress
     },
     "profile": {"top_terms": 10, "representative_texts": 5, "top_categories": 3, "typical_users": 5, "bigrams": True},
+    # Per-segment item rankings from the events (jobs/recommend.py); skipped without events.
+    "recommend": {
+        "enabled": True,
+        "top_n": 50,  # items per segment in segment_recommendations (and per user)
+        "event_weights": {"view": 1.0, "click": 2.0, "cart": 4.0, "purchase": 8.0, "rating": 4.0},
+        "half_life_days": 90.0,  # time decay of an event's weight (null: none), from the events watermark
+        "lift_weight": 0.5,  # 0: popularity inside the segment; 1: what sets the segment apart
+        "lift_prior": 20.0,  # pseudo-interactions pulling small segments toward overall shares
+        "min_users": 2,  # an item counts for a segment once this many of its users interacted with it
+        "reason_terms": 3,  # segment terms its users wrote about the item
+        "user_table": False,  # also write user_recommendations (n rows per user: can be large)
+    },
     # lock: one run at a time per output root (a second one fails, or waits lock_wait_s seconds).
     "output": {"root": "lakehouse", "engine": "auto", "report": True, "lock": True, "lock_wait_s": 0},
     # seglake-assign: new texts/events since the last watermark, assigned with a saved model.
@@ -148,6 +160,10 @@ def load(path: str | None = None, overrides: dict | None = None, job: str = "seg
         conf = _merge(conf, overrides)
     validate(conf, job)
     return conf
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -216,7 +232,7 @@ def validate(conf: dict, job: str = "segment") -> None:
            "assign.trigger", f"must be 'available-now' or an interval like '60 seconds'; got {trig!r}")
     for key in ("drift.max_far_share", "drift.max_psi", "drift.max_mean_shift"):
         v = get(conf, key)
-        _check(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, key, f"must be a number >= 0, got {v!r}")
+        _check(_number(v) and v >= 0, key, f"must be a number >= 0, got {v!r}")
     _int(conf, "drift.min_users", 0)
     for name, spec in (("texts", TEXT_COLUMNS), ("events", EVENT_COLUMNS)):
         mapping = conf["input"]["columns"][name]
@@ -274,7 +290,7 @@ def validate(conf: dict, job: str = "segment") -> None:
     _int(conf, "cluster.stability_seeds", 0, 20)
     for key in ("cluster.k_tolerance", "cluster.stability_min_ari"):
         v = get(conf, key)
-        _check(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1, key,
+        _check(_number(v) and 0 <= v <= 1, key,
                f"must be a number in [0, 1], got {v!r}")
     pv = conf["privacy"]
     _check(isinstance(pv["pseudonymize_user_ids"], bool), "privacy.pseudonymize_user_ids", "must be true or false")
@@ -288,6 +304,21 @@ def validate(conf: dict, job: str = "segment") -> None:
     _int(conf, "profile.representative_texts", 0)
     _int(conf, "profile.top_categories", 0)
     _int(conf, "profile.typical_users", 0)
+    rc = conf["recommend"]
+    for key in ("enabled", "user_table"):
+        _check(isinstance(rc[key], bool), f"recommend.{key}", "must be true or false")
+    _int(conf, "recommend.top_n", 1, 10000)
+    _int(conf, "recommend.min_users", 1)
+    _int(conf, "recommend.reason_terms", 0, 100)
+    for etype, v in rc["event_weights"].items():
+        _check(_number(v) and v >= 0, f"recommend.event_weights.{etype}", f"must be a number >= 0, got {v!r}")
+    _check(any(v > 0 for v in rc["event_weights"].values()), "recommend.event_weights",
+           "at least one weight must be > 0 (or no event would count)")
+    hl = rc["half_life_days"]
+    _check(hl is None or (_number(hl) and hl > 0), "recommend.half_life_days", f"must be > 0 or null, got {hl!r}")
+    for key in ("lift_weight", "lift_prior"):
+        v = rc[key]
+        _check(_number(v) and v >= 0, f"recommend.{key}", f"must be a number >= 0, got {v!r}")
     _check(isinstance(conf["output"]["report"], bool), "output.report", "must be true or false")
     _check(isinstance(conf["output"]["lock"], bool), "output.lock", "must be true or false")
     lw = conf["output"]["lock_wait_s"]

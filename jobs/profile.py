@@ -30,9 +30,11 @@ def sizes(user_segments: DataFrame, typical_n: int = 5) -> DataFrame:
 
 
 def user_terms(texts: DataFrame, bigrams: bool = True) -> DataFrame:
-    """(user_id, term) for every term of every cleaned text (jieba for Chinese). Cache it:
-    both the segment terms and the per-user explanations read it."""
-    return texts.select("user_id", F.explode(terms_udf(bigrams)(F.col("text_clean"))).alias("term"))
+    """(user_id, [item_id,] term) for every term of every cleaned text (jieba for Chinese);
+    item_id when the texts have one (the recommendations' reason terms use it). Cache it:
+    the segment terms, the per-user explanations and the reason terms all read it."""
+    item = ["item_id"] if "item_id" in texts.columns else []
+    return texts.select("user_id", *item, F.explode(terms_udf(bigrams)(F.col("text_clean"))).alias("term"))
 
 
 def top_terms(terms: DataFrame, user_segments: DataFrame, n: int = 10, min_count: int = 2) -> DataFrame:

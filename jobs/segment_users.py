@@ -31,7 +31,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import cluster, config, delta_io, ingest, metrics, privacy, profile, summary
+from jobs import cluster, config, delta_io, ingest, metrics, privacy, profile, recommend, summary
 from jobs.drift import drift_reference
 from jobs.faults import crash_point
 from jobs.history import history_rows
@@ -44,7 +44,7 @@ from udfs.embedding import resolve_model_path
 
 log = logging.getLogger("seglake")
 TABLES = ("user_segments", "segments", "k_selection", "quarantine", "text_embeddings", "user_vectors",
-          "segment_history", "runs")
+          "segment_history", "segment_recommendations", "user_recommendations", "runs")
 QUALITY = ("wssse", "davies_bouldin", "calinski_harabasz", "min_share", "max_share", "size_entropy")
 K_COLUMNS = ("k", "silhouette", "cost", *QUALITY, "sample_size", "chosen")
 K_SCHEMA = ("run_id string, k int, silhouette double, cost double, wssse double, davies_bouldin double, "
@@ -315,6 +315,9 @@ def _run(spark: SparkSession, conf: dict, run_id: str) -> RunResult:
                 F.lit(run_id).alias("assigned_by"))
             projection = _projection(assigned, cc["seed"])
 
+        recs, user_recs = _recommend(conf, events, assigned, terms, segments, seg_rows, privacy_note,
+                                     watermarks["events_watermark"], timings, keep)
+
         with stage("write", timings):
             k_table = spark.createDataFrame(
                 [{"run_id": run_id, **{c: s.get(c) for c in K_COLUMNS}} for s in k_scores], K_SCHEMA)
@@ -338,6 +341,19 @@ def _run(spark: SparkSession, conf: dict, run_id: str) -> RunResult:
                                                          engine=engine),
             })
             crash_point("after_user_vectors", run_id)
+            if recs is not None:
+                written["segment_recommendations"] = delta_io.write_run(
+                    recs.select(F.lit(run_id).alias("run_id"), "*"), tables["segment_recommendations"], run_id,
+                    engine=engine)
+            if user_recs is not None:
+                written["user_recommendations"] = delta_io.write_run(
+                    user_recs.select(F.lit(run_id).alias("run_id"), "*"), tables["user_recommendations"], run_id,
+                    engine=engine)
+            for t in ("segment_recommendations", "user_recommendations"):
+                if t in written:
+                    counts[f"{t}_rows"] = written[t]
+                else:
+                    tables.pop(t)  # (not written by this run: no events, or switched off)
             _reconcile(counts, written)
 
         result = RunResult(run_id, root, tables, counts, reasons, k, quality["silhouette"], cost, k_scores, timings,
@@ -345,6 +361,35 @@ def _run(spark: SparkSession, conf: dict, run_id: str) -> RunResult:
         result.report_path = _write_report(conf, result, started, projection)
         _write_runs_row(spark, conf, result, started, "succeeded", engine, model_path, feature_params, watermarks)
         return result
+
+
+def _recommend(conf: dict, events: DataFrame | None, assigned: DataFrame, terms: DataFrame, segments: DataFrame,
+               seg_rows: list[dict], privacy_note: dict, as_of, timings: dict[str, float],
+               keep: Callable[[DataFrame], DataFrame]) -> tuple[DataFrame | None, DataFrame | None]:
+    """The recommend stage (jobs/recommend.py): (segment_recommendations rows, user_recommendations
+    rows or None). Needs events; each segment row gets its `top_items` for the summary."""
+    rc = conf["recommend"]
+    if not rc["enabled"] or events is None:
+        log.info("recommend: skipped (%s)", "no events" if rc["enabled"] else "recommend.enabled is false")
+        return None, None
+    with stage("recommend", timings):
+        inter = recommend.interactions(events, rc["event_weights"], as_of=as_of, half_life_days=rc["half_life_days"],
+                                       rating_range=tuple(conf["input"]["rating_range"]))
+        scores = keep(recommend.item_scores(
+            inter, assigned, lift_weight=rc["lift_weight"], lift_prior=rc["lift_prior"], min_users=rc["min_users"],
+            fallback_n=rc["top_n"], exclude_segments=privacy_note.get("suppressed_segments")))
+        reasons = recommend.reason_terms(terms, assigned, segments, rc["reason_terms"])
+        recs = keep(recommend.segment_recommendations(scores, reasons, rc["top_n"]))
+        top: dict[int, list[str]] = {}
+        for r in recs.where(F.col("rank") <= 5).orderBy("segment_id", "rank").collect():
+            top.setdefault(r["segment_id"], []).append(r["item_id"])
+        for s in seg_rows:
+            s["top_items"] = top.get(s["segment_id"], [])
+        user_recs = None
+        if rc["user_table"]:
+            # Everything a user interacted with counts as consumed (views too).
+            user_recs = recommend.recommend_for_users(assigned, scores, events, rc["top_n"])
+    return recs, user_recs
 
 
 def _min_segment_size(assigned: DataFrame, users: DataFrame, model, k: int, pc: dict, distance: str,

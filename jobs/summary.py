@@ -44,11 +44,16 @@ def render(res: Any) -> str:
     for s in res.segments:
         lines.append(f"{s['segment_id']:>3} {s['size']:>6} {s['share']:>6.1%}  {s.get('name') or ''}")
         lines.append(f"{'':>19}terms: {', '.join((s.get('top_terms') or [])[:8])}")
+        if s.get("top_items"):
+            lines.append(f"{'':>19}recommends: {', '.join(s['top_items'])}")
+    if c.get("segment_recommendations_rows") is not None:
+        lines.append(f"recommendations: {c['segment_recommendations_rows']} segment rows"
+                     + (f", {c['user_recommendations_rows']} user rows" if "user_recommendations_rows" in c else ""))
     lines.append("")
     lines.append("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res.stage_seconds.items()))
     if getattr(res, "report_path", None):
         lines.append(f"report: {res.report_path}")
     lines.append("tables:")
     for name, path in res.tables.items():
-        lines.append(f"    {name:<16} {path}")
+        lines.append(f"    {name:<24} {path}")
     return "\n".join(lines)
