@@ -45,6 +45,20 @@ def temporal_split(df: DataFrame, cutoff: datetime, ts_col: str = "ts") -> tuple
     return df.where(ts.isNull() | (ts < cut)), df.where(ts >= cut)
 
 
+def per_user_split(df: DataFrame, test_share: float = 0.2, ts_col: str = "ts") -> tuple[DataFrame, DataFrame]:
+    """(train, test): each user's latest `test_share` of rows (by ts, ties by item_id) are test.
+
+    A second protocol for data where users are active in short bursts (MovieLens), so that a
+    global cut leaves few users on both sides. Weaker than `temporal_split`: train holds other
+    users' later events, so trends after a user's test start leak into popularity."""
+    from pyspark.sql.window import Window
+
+    w = Window.partitionBy("user_id").orderBy(F.col(ts_col).asc_nulls_first(), "item_id")
+    ranked = df.withColumn("_pr", F.percent_rank().over(w))
+    cut = F.col("_pr") >= F.lit(1.0 - test_share)
+    return ranked.where(~cut).drop("_pr"), ranked.where(cut).drop("_pr")
+
+
 def relevant_items(train: DataFrame, test: DataFrame) -> DataFrame:
     """(user_id, item_id), distinct: the test-period items of users with a train event, less
     the items the user already had in train. Recommenders exclude consumed items, so a

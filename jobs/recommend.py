@@ -131,19 +131,22 @@ def recommend_for_users(user_segments: DataFrame, scores: DataFrame, consumed: D
     ranking that they have not interacted with yet.
 
     Exact without ranking every candidate for every user: a user with c consumed items needs
-    at most the segment's top n + c (at most c of them are consumed), so only those are joined.
-    `consumed` (user_id, item_id) may hold any items; `scores` is `item_scores`' output."""
+    at most the segment's top n + c (at most c of them are consumed). Each user row becomes
+    exactly those n + c ranks and meets the candidates in an equi-join on (segment_id, rank),
+    spread over all users; a join on segment_id alone would put every user of a segment in
+    one task. `consumed` (user_id, item_id) may hold any items; `scores` is `item_scores`'."""
     users = user_segments.select("user_id", F.col("segment_id").cast("int"))
     if consumed is not None:
         seen = consumed.select("user_id", "item_id").where(F.col("item_id").isNotNull()).distinct()
-        users = users.join(seen.groupBy("user_id").agg(F.count(F.lit(1)).alias("_c")), "user_id", "left")
+        counts = seen.groupBy("user_id").agg(F.count(F.lit(1)).alias("_c"))
+        users = users.join(counts, "user_id", "left").withColumn("_c", F.coalesce("_c", F.lit(0)))
     else:
         users = users.withColumn("_c", F.lit(0))
-    cands = (users.join(scores.select("segment_id", "item_id", "score", F.col("rank").alias("_sr")), "segment_id")
-             .where(F.col("_sr") <= F.lit(n) + F.coalesce(F.col("_c"), F.lit(0))))
+    ranks = users.select("user_id", "segment_id", F.explode(F.sequence(F.lit(1), F.lit(n) + F.col("_c"))).alias("_sr"))
+    cands = ranks.join(scores.select("segment_id", F.col("rank").alias("_sr"), "item_id", "score"),
+                       ["segment_id", "_sr"])
     if consumed is not None:
         cands = cands.join(seen, ["user_id", "item_id"], "left_anti")
     rank = F.row_number().over(Window.partitionBy("user_id").orderBy("_sr"))
     return (cands.withColumn("rank", rank).where(F.col("rank") <= n)
             .select("user_id", "segment_id", F.col("rank").cast("int"), "item_id", "score"))
-

@@ -108,6 +108,43 @@ def test_sample_recovers_planted_english_groups(sample_run):
     assert ari_en >= 0.8
 
 
+@pytest.mark.slow
+def test_sample_recommendations(sample_run):
+    """segment_recommendations: one ranked list of top_n items per segment; a segment made of
+    one planted group recommends that group's category; user_recommendations: top_n per user,
+    none of them an item the user already interacted with."""
+    import json
+
+    res, lake = sample_run
+    recs = _table(lake / "segment_recommendations")
+    us = _table(lake / "user_segments")
+    assert set(recs.run_id) == {"e2e"} and set(recs.segment_id) == set(us.segment_id)
+    for _, g in recs.groupby("segment_id"):
+        assert sorted(g["rank"]) == list(range(1, 51)) and g.sort_values("rank").score.is_monotonic_decreasing
+    assert (recs.n_users >= 2).mean() > 0.9 and recs.reason_terms.map(len).gt(0).mean() > 0.5
+    labels = pd.read_csv(SAMPLE / "labels.csv", dtype=str)
+    merged = us[["user_id", "segment_id"]].merge(labels, on="user_id")
+    pure = 0
+    for seg_id, g in merged.groupby("segment_id"):
+        top_group, share = g.group.value_counts(normalize=True).index[0], g.group.value_counts(normalize=True).iloc[0]
+        if share >= 0.8 and top_group != "noise":
+            pure += 1
+            top5 = recs[recs.segment_id == seg_id].sort_values("rank").item_id.head(5)
+            assert top5.str.startswith(top_group + "-").sum() >= 4, (seg_id, top_group, list(top5))
+    assert pure >= 4
+    urecs = _table(lake / "user_recommendations")
+    assert urecs.groupby("user_id").size().max() == 50 and set(urecs.user_id) == set(us.user_id)
+    # Consumed = the pairs of the events file with at least one row that was not quarantined.
+    ev = pd.read_csv(SAMPLE / "events.csv", dtype=str)
+    q = _table(lake / "quarantine")
+    bad = pd.DataFrame([json.loads(r) for r in q[q.input == "events"].record])
+    raw_n = ev.groupby(["user_id", "item_id"]).size()
+    bad_n = bad.groupby(["user_id", "item_id"]).size() if len(bad) else raw_n * 0
+    consumed = set(raw_n[raw_n.sub(bad_n, fill_value=0) > 0].index)
+    assert not [p for p in zip(urecs.user_id, urecs.item_id) if p in consumed]
+    assert res.counts["segment_recommendations_rows"] == len(recs) and res.counts["user_recommendations_rows"] == len(urecs)
+
+
 def _string_cells(table) -> list[str]:
     """Every string in a Delta table: string columns and strings inside lists, maps, structs."""
     import pyarrow as pa
@@ -140,7 +177,7 @@ def test_no_planted_pii_in_any_table(sample_run):
     assert len(planted) > 50
     tables = sorted(p.parent.name for p in lake.glob("*/_delta_log"))
     assert {"user_segments", "segments", "quarantine", "runs", "user_vectors", "segment_history",
-            "text_embeddings"} <= set(tables)
+            "text_embeddings", "segment_recommendations", "user_recommendations"} <= set(tables)
     for name in tables:
         cells = _string_cells(lake / name)
         blob = "\n".join(cells)

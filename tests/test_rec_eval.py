@@ -9,7 +9,7 @@ from math import log2
 import pytest
 from pyspark.sql import functions as F
 
-from jobs.rec_eval import event_cutoff, ranking_metrics, relevant_items, temporal_split
+from jobs.rec_eval import event_cutoff, per_user_split, ranking_metrics, relevant_items, temporal_split
 
 RECS = "user_id string, rank int, item_id string"
 PAIRS = "user_id string, item_id string"
@@ -115,3 +115,13 @@ def test_relevant_items_protocol(spark):
     got = sorted(tuple(r) for r in relevant_items(train, test).collect())
     assert got == [("u1", "c"), ("u2", "a")]
     assert relevant_items(train, test).columns == ["user_id", "item_id"]
+
+
+def test_per_user_split_holds_out_each_users_latest(spark):
+    from datetime import datetime, timedelta
+
+    t0 = datetime(2026, 1, 1)
+    rows = [("u1", f"i{i}", t0 + timedelta(days=i)) for i in range(10)] + [("u2", "only", t0)]
+    train, test = per_user_split(spark.createDataFrame(rows, "user_id string, item_id string, ts timestamp"), 0.2)
+    assert sorted(r.item_id for r in test.collect()) == ["i8", "i9"]
+    assert train.count() == 9 and "only" in {r.item_id for r in train.collect()}  # one row: train
