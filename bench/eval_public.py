@@ -66,7 +66,6 @@ SEED = 42
 N_INIT = 3
 MAX_ITER = 40
 BEHAVIOUR_WEIGHT = 0.3
-TEXT_DIM = 384  # all-MiniLM-L6-v2
 N_SHUFFLES = 20
 
 log = logging.getLogger("eval_public")
@@ -227,17 +226,14 @@ def run_job(spark, work: str, name: str, texts_csv: str, events_csv: str | None,
 
 
 def _kmeans_segments(users, k: int):
-    """KMeans as the job fits it (same seed, restarts, iterations) on a cached (user_id,
-    features) frame; returns (segment per user_id, silhouette) and releases the cache."""
-    from jobs import cluster
+    """KMeans as the job fits it (bench/segmentations.py) -> (segment per user_id, silhouette)."""
+    from segmentations import kmeans_segments
 
-    model = cluster.fit(users, k, seed=SEED, max_iter=MAX_ITER, n_init=N_INIT)
-    pred = model.transform(users).cache()
-    sil = cluster.silhouette(pred)
-    seg = pred.select("user_id", "segment_id").toPandas().set_index("user_id")["segment_id"]
-    pred.unpersist()
-    users.unpersist()
-    return seg, sil
+    seg, sil = kmeans_segments(users, k, SEED)
+    out = seg.toPandas().set_index("user_id")["segment_id"]
+    seg.unpersist()
+    return out, sil
+
 
 def tfidf_segments(spark, texts: pd.DataFrame, k: int):
     """Classical baseline: one document per user (its texts pooled), TF-IDF, L2, KMeans."""
@@ -261,28 +257,17 @@ def tfidf_segments(spark, texts: pd.DataFrame, k: int):
 
 def behaviour_only_segments(spark, events: pd.DataFrame, k: int, n_categories: int):
     """Users with events and no texts, through the job's own user-vector code (behaviour
-    features, z-scores, fusion with a zero text part) and jobs.cluster. The job itself
-    refuses a run with no usable texts, so its stages are called directly here."""
-    from jobs import cluster
-    from jobs.user_vectors import behaviour_features, fuse, pool_texts, standardise, top_categories
+    features, z-scores; bench/segmentations.py). The job itself refuses a run with no
+    usable texts, so its stages are called directly here."""
+    from segmentations import behaviour_segments
 
-    ev = spark.createDataFrame(events, "user_id string, item_id string, event_type string, rating double, "
-                                       "category string").cache()
-    cats = top_categories(ev, n_categories)
-    raw, names = behaviour_features(ev, cats)
-    z, _ = standardise(raw, names)
-    # An empty pooled-texts frame made by the job's own pooling, so its columns are the job's.
-    no_texts = pool_texts(spark.createDataFrame(
-        [], "user_id string, text_clean string, embedding array<float>, ts timestamp, lang string"))
-    users = fuse(no_texts, z, names, BEHAVIOUR_WEIGHT, TEXT_DIM).cache()
-    users.count()
-    model = cluster.fit(users, k, seed=SEED, max_iter=MAX_ITER, n_init=N_INIT)
-    pred = cluster.assign(users, model).cache()
-    sil = cluster.silhouette(pred)
-    seg = pred.select("user_id", "segment_id").toPandas().set_index("user_id")["segment_id"]
-    for df in (pred, users, ev):
-        df.unpersist()
-    return seg, sil, names
+    ev = spark.createDataFrame(events.assign(ts=None), "user_id string, item_id string, event_type string, "
+                                                      "rating double, category string, ts timestamp").cache()
+    seg, sil, names = behaviour_segments(ev, k, n_categories, SEED)
+    out = seg.toPandas().set_index("user_id")["segment_id"]
+    seg.unpersist()
+    ev.unpersist()
+    return out, sil, names
 
 
 def genre_share_segments(spark, events: pd.DataFrame, k: int):

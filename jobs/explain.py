@@ -2,8 +2,9 @@
 
 Reads the Delta tables through their logs (deltalake, no Spark needed) and prints, for one
 user of a succeeded run: the segment and its name, the distance to its centroid, the
-runner-up segment and the margin between them, and the user's own words that match the
-segment's distinctive terms.
+runner-up segment and the margin between them, the user's own words that match the
+segment's distinctive terms, and what the segment recommends (the user's own list from
+user_recommendations when the run wrote it, else the segment's list).
 
     seglake-explain --output lakehouse --user u0000042 [--run-id demo]
 """
@@ -51,7 +52,23 @@ def explain(output: str, user_id: str, run_id: str | None = None) -> dict:
         "second_distance": u["second_distance"], "margin": u["margin"],
         "matched_terms": u["matched_terms"] or [], "segment_terms": own["top_terms"] or [],
         "n_texts": u["n_texts"], "n_events": u["n_events"],
+        **_recommended(output, run_id, user_id, u["segment_id"]),
     }
+
+
+def _recommended(output: str, run_id: str, user_id: str, segment_id: int, n: int = 10) -> dict:
+    """{"recommended": the first n item ids, "recommended_from": which table} (empty when the
+    run wrote no recommendations: it had no events)."""
+    from jobs.delta_io import table_exists
+
+    for table, col, value in (("user_recommendations", "user_id", user_id),
+                              ("segment_recommendations", "segment_id", segment_id)):
+        if table_exists(f"{output}/{table}"):
+            rows = _table(f"{output}/{table}", run_id, [col, "rank", "item_id"])
+            rows = rows.filter(pc.equal(rows[col], value)).sort_by("rank")
+            if rows.num_rows:
+                return {"recommended": rows["item_id"].to_pylist()[:n], "recommended_from": table}
+    return {"recommended": [], "recommended_from": None}
 
 
 def render(e: dict) -> str:
@@ -66,6 +83,9 @@ def render(e: dict) -> str:
     words = ", ".join(e["matched_terms"]) or "none (placed by behaviour and overall wording)"
     lines.append(f"  matching segment terms: {words}")
     lines.append(f"  segment terms: {', '.join(e['segment_terms'][:10])}")
+    if e.get("recommended"):
+        whose = "for this user" if e["recommended_from"] == "user_recommendations" else "the segment's list"
+        lines.append(f"  recommended ({whose}): {', '.join(e['recommended'])}")
     return "\n".join(lines)
 
 

@@ -150,3 +150,21 @@ def recommend_for_users(user_segments: DataFrame, scores: DataFrame, consumed: D
     rank = F.row_number().over(Window.partitionBy("user_id").orderBy("_sr"))
     return (cands.withColumn("rank", rank).where(F.col("rank") <= n)
             .select("user_id", "segment_id", F.col("rank").cast("int"), "item_id", "score"))
+
+
+def for_users(spark, root: str, users: DataFrame, consumed: DataFrame | None = None, n: int = 10,
+              run_id: str | None = None, engine: str = "auto") -> DataFrame:
+    """Recommendations for a set of users (a frame with user_id) from a finished run's tables,
+    for when `recommend.user_table` is off: user_segments (with seglake-assign's later
+    assignments, which MERGE into the model run's partition) and segment_recommendations,
+    read through the Delta log. `consumed` (user_id, item_id), e.g. today's events, is left
+    out. The stored lists hold `recommend.top_n` items, so a user who consumed many of them
+    gets fewer than n; users the run does not know get no rows."""
+    from jobs.delta_io import read_table
+    from jobs.explain import latest_succeeded_run
+
+    run_id = run_id or latest_succeeded_run(root)
+    segs = (read_table(spark, f"{root}/user_segments", engine=engine).where(F.col("run_id") == run_id)
+            .join(users.select("user_id").distinct(), "user_id", "left_semi"))
+    recs = read_table(spark, f"{root}/segment_recommendations", engine=engine).where(F.col("run_id") == run_id)
+    return recommend_for_users(segs, recs, consumed, n)

@@ -732,12 +732,16 @@ def _segment_card(s: dict, color: str, names: dict) -> str:
     chips = "".join(f'<span class="chip">{_esc(u)}</span>' for u in users)
     tu = (f'<div class="chips">{chips}</div>'
           if users else '<p class="none">No typical users.</p>')
+    items = [i for i in _list(s.get("top_items")) if i is not None]
+    rec = ("<h4>Recommends (top items)</h4>"
+           + f'<div class="chips">{"".join(f"<span class=chip>{_esc(i)}</span>" for i in items)}</div>'
+           if items else "")
     title = _esc(s.get("name")) if s.get("name") not in (None, "") else f"Segment {_esc(sid)}"
     return (f'<article class="seg" id="seg-{_esc(sid)}" style="border-left-color:{color}">'
             f'<h3><span class="sw" style="background:{color}"></span>S{_esc(sid)} \u00b7 {title}</h3>'
             f'<div class="meta">{DOT.join(meta)}</div>'
             f'<div class="cols"><div><h4>Keywords</h4>{kw}<h4>Top categories</h4>{ct}</div>'
-            f'<div><h4>Representative texts</h4>{rt}<h4>Typical users</h4>{tu}</div></div></article>')
+            f'<div><h4>Representative texts</h4>{rt}<h4>Typical users</h4>{tu}{rec}</div></div></article>')
 
 
 def _short_keep_lines(text: str, n: int) -> str:

@@ -58,6 +58,13 @@ def test_free_form_sections_merge_by_key():
     ({"ingest": {"max_texts_per_user": 0}}, "ingest.max_texts_per_user"),
     ({"ingest": {"dedupe_rows": 1}}, "ingest.dedupe_rows"),
     ({"clean": {"max_chars": "lots"}}, "clean.max_chars"),
+    ({"recommend": {"top_n": 0}}, "recommend.top_n"),
+    ({"recommend": {"event_weights": {"purchase": -1}}}, "recommend.event_weights.purchase"),
+    ({"recommend": {"event_weights": {"like": 1}}}, "recommend.event_weights.like"),  # not an event type
+    ({"recommend": {"event_weights": {t: 0 for t in config.EVENT_TYPES}}}, "recommend.event_weights"),
+    ({"recommend": {"half_life_days": 0}}, "recommend.half_life_days"),
+    ({"recommend": {"lift_weight": float("nan")}}, "recommend.lift_weight"),
+    ({"recommend": {"user_table": "yes"}}, "recommend.user_table"),
 ])
 def test_invalid_values_name_the_key(override, key):
     with pytest.raises(config.ConfigError, match=key.replace(".", r"\.")):

@@ -145,6 +145,30 @@ def test_sample_recommendations(sample_run):
     assert res.counts["segment_recommendations_rows"] == len(recs) and res.counts["user_recommendations_rows"] == len(urecs)
 
 
+@pytest.mark.slow
+def test_recommendations_for_a_set_of_users_from_the_tables(spark, sample_run):
+    """recommend.for_users (user_recommendations off) reads the run's tables and gives the same
+    first 10 items as the job's user_recommendations table, given the same consumed items."""
+    from jobs import recommend
+    from jobs.clean import prepare_events, rules
+    from jobs.ingest import map_columns, read_source, split_quarantine
+    from jobs.config import EVENT_COLUMNS
+
+    res, lake = sample_run
+    conf = _conf(lake.parent, input__texts__path=str(SAMPLE / "texts.csv"))
+    path = str(SAMPLE / "events.csv")
+    events = split_quarantine(read_source(spark, path, "csv", {}, "delta-rs", "events")
+                              .transform(map_columns, conf["input"]["columns"]["events"], EVENT_COLUMNS, path, "events")
+                              .transform(lambda d: prepare_events(d, **rules(conf, "events"))))[0]
+    some = spark.createDataFrame([(f"u{i:07d}",) for i in range(0, 660, 7)] + [("nobody",)], "user_id string")
+    got = recommend.for_users(spark, str(lake), some, events, n=10).toPandas()
+    urecs = _table(lake / "user_recommendations")
+    want = urecs[urecs.user_id.isin(set(got.user_id)) & (urecs["rank"] <= 10)]
+    key = ["user_id", "rank"]
+    assert len(got) == len(want) > 0 and "nobody" not in set(got.user_id)
+    assert got.sort_values(key).item_id.tolist() == want.sort_values(key).item_id.tolist()
+
+
 def _string_cells(table) -> list[str]:
     """Every string in a Delta table: string columns and strings inside lists, maps, structs."""
     import pyarrow as pa
@@ -243,6 +267,10 @@ def test_rerun_same_run_id_replaces_rows(spark, tmp_path, tiny_model):
     e = explain(str(lake), "a0", "r1")
     assert e["segment_id"] == seg["a0"] and e["second_segment_id"] == seg["b0"] and e["margin"] >= 0
     assert set(e["matched_terms"]) <= set(e["segment_terms"])
+    # Each item here has one buyer (below recommend.min_users): every list is the overall fallback,
+    # less what the user bought.
+    assert e["recommended_from"] == "user_recommendations" and len(e["recommended"]) == 10
+    assert "d0" not in e["recommended"] and set(e["recommended"]) <= {f"{c}{i}" for c in "dp" for i in range(6)}
     assert explain_main(["--output", str(lake), "--user", "a0"]) == 0
     assert explain_main(["--output", str(lake), "--user", "zz"]) == 1
     # A second run id adds its own rows next to the first run's.

@@ -59,6 +59,7 @@ def make_inputs(n_segments: int = 8, n_points: int = 500, seed: int = 7):
             "top_terms": terms, "term_scores": [round(float(x), 4) for x in sorted(rng.random(6), reverse=True)],
             "representative_texts": texts,
             "typical_users": [f"u{i:02d}{j:03d}" for j in range(5)],
+            "top_items": [f"item-{i}-{j}" for j in range(4)] + (["<i>odd&item</i>"] if i == 0 else []),
             "events_per_user": float(rng.uniform(3, 40)), "texts_per_user": float(rng.uniform(1, 9)),
             "purchase_share": float(rng.uniform(0.02, 0.3)),
             "mean_rating": None if i == 7 else float(rng.uniform(2.5, 4.9)),
@@ -154,6 +155,8 @@ def test_html_is_self_contained_and_escaped(report):
     assert XSS not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "&lt;b&gt;bold&lt;/b&gt;" in html
+    # the segment's recommended items (from segment_recommendations), escaped too
+    assert "item-3-2" in html and "&lt;i&gt;odd&amp;item&lt;/i&gt;" in html
     assert len(parsed.scripts) == 1 and "alert" not in parsed.scripts[0]
     # the unstable banner, quarantine reasons and timings are there
     assert 'id="unstable-warning"' in html
