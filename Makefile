@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test venv clean sample browser
+.PHONY: demo test venv clean sample browser eval-recs
 
 venv: $(STAMP)
 
@@ -37,6 +37,11 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium fonts-wqy-zenhei >/dev/null; }
+
+# Recommendations: segments against no segments on a temporal hold-out (generated data and
+# MovieLens 100k); appends its tables to bench/results/recommendations.md.
+eval-recs: $(STAMP)
+	$(BIN)/python bench/eval_recommendations.py --als-per-segment
 
 sample: $(STAMP)
 	$(BIN)/python data/generate_sample.py --out data/sample
