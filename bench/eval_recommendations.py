@@ -77,6 +77,7 @@ TRAIN_SHARE = 0.8
 VALID_SHARE = 0.875  # ALS settings are chosen on the last 1/8 of train, never on the test period
 ALS_GRID = [(8, 1.0), (16, 1.0), (32, 1.0), (16, 20.0)]  # (rank, alpha); regParam 0.1, 15 iterations
 UNSEGMENTED = -1  # users a text method cannot place (no texts): one extra group
+BUCKETS = ((1, 5), (6, 20), (21, None))  # users by distinct train items: where do segments help?
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -201,14 +202,27 @@ class Evaluation:
         self.inter = recommend.interactions(self.train, rc["event_weights"], as_of=self.cutoff,
                                             half_life_days=rc["half_life_days"], rating_range=range_).cache()
         self.rows: list[dict] = []
+        history = self.train.groupBy("user_id").agg(F.countDistinct("item_id").alias("_n"))
+        self.buckets = {}
+        for lo, hi in BUCKETS:
+            cond = (F.col("_n") >= lo) & (F.col("_n") <= hi) if hi else F.col("_n") >= lo
+            users = history.where(cond).select("user_id")
+            self.buckets[_bucket(lo, hi)] = self.relevant.join(users, "user_id", "left_semi").cache()
         self.info = {"events": self.events.count(), "train_events": self.train.count(),
                      "test_events": self.test.count(), "cutoff": self.cutoff.strftime("%Y-%m-%d %H:%M"),
                      "eval_users": self.users.count(), "catalogue": self.catalogue,
-                     "relevant_per_user": self.relevant.count() / max(self.users.count(), 1)}
+                     "relevant_per_user": self.relevant.count() / max(self.users.count(), 1),
+                     "bucket_users": {b: r.select("user_id").distinct().count() for b, r in self.buckets.items()}}
 
     def score(self, method: str, recs: DataFrame, **extra) -> dict:
         t0 = time.perf_counter()
+        recs = recs.cache()
         m = rec_eval.ranking_metrics(recs, self.relevant, KS, self.catalogue)
+        # The same recommendations scored for light, medium and heavy users separately.
+        by_bucket = {b: rec_eval.ranking_metrics(recs, rel, (10,)) for b, rel in self.buckets.items()}
+        m.update({f"ndcg@10 {b}": v["ndcg@10"] for b, v in by_bucket.items()})
+        m.update({f"ndcg@10_se {b}": v["ndcg@10_se"] for b, v in by_bucket.items()})
+        recs.unpersist()
         row = {"method": method, **extra, **m, "seconds": time.perf_counter() - t0}
         self.rows.append(row)
         log.info("%s: ndcg@10 %.4f (se %.4f) recall@50 %.4f coverage@50 %.3f", method, m["ndcg@10"],
@@ -332,7 +346,30 @@ def evaluate_movielens(spark: SparkSession, args, rc: dict) -> list[Evaluation]:
     return out
 
 
+def _bucket(lo: int, hi: int | None) -> str:
+    return f"{lo}-{hi} items" if hi else f">= {lo} items"
+
+
 # ----------------------------------------------------------------------------- report
+def _mean_se(v: float | None, se: float | None) -> str:
+    """'0.1234 ± 0.0045', '0.1234' without a standard error (one user), '—' without users."""
+    return "—" if v is None else (f"{v:.4f}" if se is None else f"{v:.4f} ± {se:.4f}")
+
+
+def bucket_table(ev: "Evaluation") -> list[str]:
+    """NDCG@10 by the users' train history (distinct items)."""
+    names = list(ev.buckets)
+    out = ["| method | k | lift w. | " + " | ".join(f"NDCG@10, {b} ({ev.info['bucket_users'][b]} users)"
+                                                 for b in names) + " |",
+           "|" + " --- |" * 3 + " ---: |" * len(names)]
+    for r in ev.rows:
+        lw = r.get("lift_weight")
+        cells = [_mean_se(r.get(f"ndcg@10 {b}"), r.get(f"ndcg@10_se {b}")) for b in names]
+        out.append(f"| {r['method']} | {r.get('k', '—')} | {'—' if lw is None else f'{lw:g}'} | "
+                   + " | ".join(cells) + " |")
+    return out
+
+
 def metric_table(rows: list[dict]) -> list[str]:
     cols = [f"{m}@{k}" for k in KS for m in ("precision", "recall", "ndcg", "hit_rate", "coverage")]
     head = "| method | k | lift w. | " + " | ".join(c.replace("hit_rate", "HR").replace("precision", "P")
@@ -342,8 +379,7 @@ def metric_table(rows: list[dict]) -> list[str]:
         cells = []
         for c in cols:
             v, se = r.get(c), r.get(f"{c}_se")
-            cells.append("—" if v is None else (f"{v:.4f} ± {se:.4f}" if c.startswith("ndcg") and se is not None
-                                                else f"{v:.4f}"))
+            cells.append(_mean_se(v, se if c.startswith("ndcg") else None))
         lw = r.get("lift_weight")
         out.append(f"| {r['method']} | {r.get('k', '—')} | {'—' if lw is None else f'{lw:g}'} | "
                    + " | ".join(cells) + " |")
@@ -402,7 +438,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"Cut at {i['cutoff']} UTC: {i['train_events']} train events, {i['test_events']} test events; "
                   f"{i['eval_users']} evaluated users (a train event and a new item after the cut), "
                   f"{i['relevant_per_user']:.1f} relevant items each; catalogue {i['catalogue']} items.", ""]
-        lines += metric_table(ev.rows) + [""]
+        lines += metric_table(ev.rows) + ["", "By train history (the same recommendations, users grouped by the "
+                                                "number of distinct items they had before the cut):", ""]
+        lines += bucket_table(ev) + [""]
     append_result(args.out, "Recommendations: segments against no segments, offline", "eval_recommendations.py",
                   lines)
     spark.stop()
