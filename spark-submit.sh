@@ -12,6 +12,14 @@
 #   --job NAME       segment (default) or assign
 #   --dry-run        print the spark-submit command instead of running it
 #   --python PATH    Python for the driver and executors (default: .venv/bin/python if present)
+#   --python-env ARCHIVE
+#                    a packed Python environment (tar.gz, e.g. made by venv-pack or conda-pack)
+#                    shipped with --archives; executors (and, in cluster mode, the driver) run
+#                    ./environment/bin/python from it. Without it, every node needs the packages
+#                    at the same path (a cluster image).
+# The conf profile's spark.conf settings are passed as --conf (static ones like spark.task.cpus
+# or spark.task.resource.gpu.amount only work at submit time); --conf key=value flags given here
+# come later and win.
 #
 # Examples:
 #   ./spark-submit.sh --conf conf/local.yaml --texts data/sample/texts.csv --events data/sample/events.csv
@@ -28,6 +36,7 @@ deploy_mode="client"
 dry_run=0
 python_bin=""
 conf_file=""
+python_env=""
 entry="segment_users.py"
 
 # spark-submit options that take a value.
@@ -47,6 +56,7 @@ while [ $# -gt 0 ]; do
       esac
       shift 2 ;;
     --python) python_bin="$2"; shift 2 ;;
+    --python-env) python_env="$2"; shift 2 ;;
     --master) master="$2"; shift 2 ;;
     --deploy-mode) deploy_mode="$2"; spark_args+=("$1" "$2"); shift 2 ;;
     --conf)
@@ -85,11 +95,41 @@ PY
   )
 fi
 
+profile_conf=()
 if [ -n "$conf_file" ]; then
+  [ -f "$conf_file" ] || { echo "spark-submit.sh: conf profile not found: $conf_file" >&2; exit 2; }
+  # The profile's spark.conf, one key=value a line (booleans as Spark spells them).
+  settings="$("$python_bin" - "$conf_file" <<'PY'
+import sys, yaml
+with open(sys.argv[1], encoding="utf-8") as fh:
+    data = yaml.safe_load(fh) or {}
+for key, value in (((data.get("spark") or {}).get("conf")) or {}).items():
+    print(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
+PY
+)" || { echo "spark-submit.sh: cannot read spark.conf from $conf_file with $python_bin (needs PyYAML)" >&2; exit 2; }
+  while IFS= read -r line; do [ -n "$line" ] && profile_conf+=("--conf" "$line"); done <<< "$settings"
   spark_args+=("--files" "$conf_file")
   # In cluster deploy mode the driver runs remotely and finds the shipped file by its name.
   if [ "$deploy_mode" = "cluster" ]; then job_args=("--conf" "$(basename "$conf_file")" "${job_args[@]}")
   else job_args=("--conf" "$conf_file" "${job_args[@]}"); fi
+fi
+
+env_conf=()
+if [ -n "$python_env" ]; then
+  [ "$dry_run" -eq 1 ] || [ -f "$python_env" ] || { echo "spark-submit.sh: --python-env archive not found: $python_env" >&2; exit 2; }
+  env_conf=(--archives "$python_env#environment" --conf spark.pyspark.python=./environment/bin/python)
+  if [ "$deploy_mode" = "cluster" ]; then
+    # The driver runs on the cluster too: it unpacks the same archive.
+    env_conf+=(--conf spark.pyspark.driver.python=./environment/bin/python
+               --conf spark.yarn.appMasterEnv.PYSPARK_PYTHON=./environment/bin/python
+               --conf spark.kubernetes.driverEnv.PYSPARK_PYTHON=./environment/bin/python)
+  fi
+fi
+all_conf=" ${profile_conf[*]-} ${spark_args[*]-} "
+if [[ "$master" == k8s://* ]] && [[ "$all_conf" != *"spark.kubernetes.container.image="* ]]; then
+  echo "spark-submit.sh: a k8s:// master needs --conf spark.kubernetes.container.image=IMAGE (an image with" \
+       "Spark, Python and the job's packages, or a Spark image plus --python-env)" >&2
+  exit 2
 fi
 
 if [[ "$master" == local* ]]; then
@@ -109,6 +149,8 @@ cmd=("$submit" --master "$master"
      --conf spark.executorEnv.HF_HUB_OFFLINE=1
      --conf spark.executorEnv.TOKENIZERS_PARALLELISM=false
      --py-files "$pyfiles"
+     ${profile_conf[@]+"${profile_conf[@]}"}
+     ${env_conf[@]+"${env_conf[@]}"}
      ${spark_args[@]+"${spark_args[@]}"}
      "$here/jobs/$entry"
      ${job_args[@]+"${job_args[@]}"})

@@ -8,7 +8,7 @@ BASE = {"input": {"texts": {"path": "t.csv"}}}
 
 
 def test_profiles_load():
-    for name in ("local", "cluster", "databricks"):
+    for name in ("local", "cluster", "cluster-gpu", "databricks"):
         conf = config.load(f"conf/{name}.yaml", {**BASE, "output": {"root": "out"}})
         assert conf["input"]["texts"]["path"] == "t.csv"
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from deltalake import DeltaTable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +46,50 @@ def test_dry_run_cluster_passes_spark_options_through():
     assert "spark.executor.memory=8g" in spark and spark[spark.index("--num-executors") + 1] == "4"
     # In cluster mode the driver reads the shipped conf by its file name.
     assert job == ["--conf", "cluster.yaml", "--texts", "s3a://b/t", "--run-id", "r1"]
+
+
+def _split(cmd: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """(spark-submit options, their --conf values, job arguments)."""
+    entry = cmd.index(str(ROOT / "jobs" / "segment_users.py"))
+    spark = cmd[:entry]
+    return spark, [spark[i + 1] for i, a in enumerate(spark) if a == "--conf"], cmd[entry + 1:]
+
+
+@pytest.mark.parametrize("master", ["local[4]", "spark://10.0.0.1:7077", "yarn", "k8s://https://k8s.example:6443"])
+def test_dry_run_each_master_type(master):
+    image = ["--conf", "spark.kubernetes.container.image=registry.example/seglake:1"] if master.startswith("k8s") else []
+    cmd = _dry("--master", master, *image, "--conf", "conf/cluster-gpu.yaml", "--conf", "spark.task.cpus=4",
+               "--texts", "t.parquet")
+    spark, confs, job = _split(cmd)
+    assert spark[spark.index("--master") + 1] == master
+    # The profile's embed-stage settings go in at submit time (static ones only work there) ...
+    for setting in ("spark.task.resource.gpu.amount=0.25", "spark.executor.resource.gpu.amount=1",
+                    "spark.sql.execution.arrow.maxRecordsPerBatch=8192", "spark.python.worker.reuse=true"):
+        assert setting in confs, setting
+    # ... and a flag given on the command line comes later, so it wins (spark-submit: last one).
+    assert confs.index("spark.task.cpus=4") > confs.index("spark.task.cpus=2")
+    assert spark[spark.index("--files") + 1] == "conf/cluster-gpu.yaml" and "--py-files" in spark
+    assert job == ["--conf", "conf/cluster-gpu.yaml", "--texts", "t.parquet"]
+
+
+def test_dry_run_ships_a_packed_python_environment():
+    cmd = _dry("--master", "yarn", "--deploy-mode", "cluster", "--python-env", "build/env.tar.gz",
+               "--conf", "conf/cluster.yaml", "--texts", "t")
+    spark, confs, _ = _split(cmd)
+    assert spark[spark.index("--archives") + 1] == "build/env.tar.gz#environment"
+    for setting in ("spark.pyspark.python=./environment/bin/python", "spark.pyspark.driver.python=./environment/bin/python",
+                    "spark.yarn.appMasterEnv.PYSPARK_PYTHON=./environment/bin/python"):
+        assert setting in confs, setting
+
+
+def test_submit_errors_are_clear():
+    def run(*args):
+        return subprocess.run([SCRIPT, "--dry-run", *args], capture_output=True, text=True)
+
+    k8s = run("--master", "k8s://https://k8s.example:6443", "--texts", "t")
+    assert k8s.returncode == 2 and "spark.kubernetes.container.image" in k8s.stderr
+    missing = run("--conf", "conf/nope.yaml", "--texts", "t")
+    assert missing.returncode == 2 and "conf profile not found: conf/nope.yaml" in missing.stderr
 
 
 def test_real_local_run_through_spark_submit(tmp_path, tiny_model):
