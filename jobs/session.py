@@ -41,7 +41,11 @@ def build_session(spark_conf: dict) -> SparkSession:
         os.environ["PYSPARK_PYTHON"] = sys.executable
     active = SparkSession.getActiveSession()
     builder = SparkSession.builder.appName(spark_conf.get("app_name") or "seglake")
-    if active is None and not SparkConf().contains("spark.master") and spark_conf.get("master"):
+    # spark-submit starts this Python with the gateway port in the environment, its --master in
+    # the JVM; SparkConf() here cannot see the JVM's settings yet, so it would read as unset and
+    # a profile's `local[2]` would silently keep a cluster submission on the driver machine.
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ
+    if active is None and not submitted and not SparkConf().contains("spark.master") and spark_conf.get("master"):
         builder = builder.master(spark_conf["master"])
     settings = {**BASE_CONF, **{str(k): str(v) for k, v in (spark_conf.get("conf") or {}).items()}}
     for key, value in settings.items():
