@@ -434,8 +434,10 @@ def main(argv: list[str] | None = None) -> int:
              "NDCG is shown ± its standard error over users.", ""]
     for title, ev in sections:
         i = ev.info
+        when = (f"Cut at {i['cutoff']} UTC" if ev.protocol == "global" else
+                f"Each user's latest 20 % held out (time decay as of the last train event, {i['cutoff']} UTC)")
         lines += [f"### {title}", "",
-                  f"Cut at {i['cutoff']} UTC: {i['train_events']} train events, {i['test_events']} test events; "
+                  f"{when}: {i['train_events']} train events, {i['test_events']} test events; "
                   f"{i['eval_users']} evaluated users (a train event and a new item after the cut), "
                   f"{i['relevant_per_user']:.1f} relevant items each; catalogue {i['catalogue']} items.", ""]
         lines += metric_table(ev.rows) + ["", "By train history (the same recommendations, users grouped by the "
