@@ -38,7 +38,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import cluster, config, delta_io, drift, ingest
+from jobs import cluster, config, delta_io, drift, ingest, summary
 from jobs.clean import prepare_events, prepare_texts, rules
 from jobs.embed import embed_cached, embed_model_id
 from jobs.faults import crash_point
@@ -482,8 +482,7 @@ def render(res: AssignResult) -> str:
     if d.get("users"):
         lines.append(f"drift: far share {d['far_share']:.3f}, PSI {d['psi']:.3f}, mean shift {d['mean_shift']:.3f}"
                      + (f"  -> re-fit recommended: {'; '.join(res.refit_reasons)}" if res.refit_reasons else ""))
-    lines.append("stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in res.stage_seconds.items()))
-    return "\n".join(lines)
+    return "\n".join(lines + summary.stage_table(res.stage_seconds))
 
 
 def main(argv: list[str] | None = None) -> int:

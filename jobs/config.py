@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-FORMATS = ("csv", "json", "parquet", "delta")
+FORMATS = ("csv", "json", "parquet", "delta", "table")  # table: a catalog table name (Unity Catalog)
 EVENT_TYPES = ("view", "click", "cart", "purchase", "rating")
 TEXT_COLUMNS = {"required": ("user_id", "text"), "optional": ("ts", "item_id", "lang")}
 EVENT_COLUMNS = {"required": ("user_id", "item_id", "event_type"), "optional": ("rating", "category", "ts")}

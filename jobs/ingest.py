@@ -31,7 +31,16 @@ def is_local_path(path: str) -> bool:
 def read_source(spark: SparkSession, path: str, fmt: str, options: dict | None = None,
                 engine: str = "auto", name: str = "input") -> DataFrame:
     """Read one input. CSV/JSON are read as strings with malformed lines kept in
-    `_corrupt_record` (PERMISSIVE), so parsing and validation happen explicitly later."""
+    `_corrupt_record` (PERMISSIVE), so parsing and validation happen explicitly later.
+    `table`: `path` is a table name in the session's catalog (Unity Catalog: catalog.schema.table)."""
+    if fmt == "table":
+        try:
+            exists = spark.catalog.tableExists(path)
+        except Exception:  # noqa: BLE001 - an unknown catalog or schema: the table is not there either
+            exists = False
+        if not exists:
+            raise InputError(f"{name} input table not found: {path}")
+        return spark.read.options(**{str(k): str(v) for k, v in (options or {}).items()}).table(path)
     if is_local_path(path) and not os.path.exists(path):
         raise InputError(f"{name} input not found: {path}")
     options = {str(k): str(v) for k, v in (options or {}).items()}
@@ -73,6 +82,9 @@ def read_stream(spark: SparkSession, path: str, fmt: str, options: dict | None =
             raise InputError(f"streaming from the Delta table {path} needs native Delta (Databricks or the "
                              "Delta jars); without them stream from a folder of files")
         return spark.readStream.format("delta").options(**options).load(path)
+    if fmt == "table":
+        # A catalog table that supports streaming reads (a Delta table in Unity Catalog).
+        return spark.readStream.options(**options).table(path)
     if is_local_path(path) and not (os.path.isdir(path) and any(not f.startswith((".", "_"))
                                                                  for f in os.listdir(path))):
         raise InputError(f"{name} stream folder {path} is missing or empty: a file stream takes its schema "

@@ -133,12 +133,21 @@ def run_scope(record_failure: Callable[[BaseException], None], what: str) -> Ite
 
 
 @contextmanager
-def stage(name: str, timings: dict[str, float]) -> Iterator[None]:
+def stage(name: str, timings: dict[str, float], rate: bool = True) -> Iterator[dict[str, int]]:
+    """Time a stage into `timings` and log its start and end. The body may put counts into the
+    yielded dict ({"texts embedded": 8282}); the end line reports them, the first with its rate
+    (unless `rate` is false), so a person following the log sees how much went through and how fast."""
     log.info("stage %s: start", name)
     t0 = time.perf_counter()
-    yield
-    timings[name] = round(time.perf_counter() - t0, 3)
-    log.info("stage %s: done in %.1f s", name, timings[name])
+    facts: dict[str, int] = {}
+    yield facts
+    seconds = time.perf_counter() - t0
+    timings[name] = round(seconds, 3)
+    detail = "".join(f", {n:,} {what}" for what, n in facts.items())
+    if facts and rate:
+        what, n = next(iter(facts.items()))
+        detail += f" ({n / max(seconds, 1e-9):,.1f} {what}/s)"
+    log.info("stage %s: done in %.1f s%s", name, seconds, detail)
 
 
 def _read(spark: SparkSession, conf: dict, name: str, spec: dict, validate) -> DataFrame:
@@ -187,7 +196,7 @@ def _run(spark: SparkSession, conf: dict, run_id: str) -> RunResult:
         # Fail before any work when the model directory is missing (the executors would
         # otherwise each fail the same way, later, with a less direct error).
         resolve_model_path(ec["model_path"])
-        with stage("ingest", timings):
+        with stage("ingest", timings) as facts:
             texts = keep(_read(spark, conf, "texts", config.TEXT_COLUMNS,
                                lambda d: prepare_texts(d, **rules(conf, "texts"))))
             counts["texts_read"], counts["texts_kept"], r = ingest.reason_counts(texts, "texts")
@@ -204,11 +213,13 @@ def _run(spark: SparkSession, conf: dict, run_id: str) -> RunResult:
                 quarantine = quarantine.unionByName(
                     ingest.to_quarantine(bad_events, "events", conf["input"]["events"]["path"], run_id))
             counts["quarantined"] = sum(reasons.values())
+            facts["rows read"] = counts["texts_read"] + counts.get("events_read", 0)
+            facts["quarantined"] = counts["quarantined"]
             if counts["texts_kept"] == 0:
                 raise ingest.InputError(f"no usable texts in {conf['input']['texts']['path']} "
                                         f"(all {counts['texts_read']} rows quarantined: {reasons})")
 
-        with stage("embed", timings):
+        with stage("embed", timings) as facts:
             settings = dict(batch_size=ec["batch_size"], token_budget=ec["token_budget"], max_tokens=ec["max_tokens"],
                             device=ec["device"], precision=ec["precision"])
             if ec["cache"]:
@@ -227,11 +238,13 @@ def _run(spark: SparkSession, conf: dict, run_id: str) -> RunResult:
             counts["texts_embedding_cache_hits"] = (counts["texts_embedded_distinct"]
                                                     - counts["texts_embedded_new"])
             text_dim = int(row["dim"])
+            facts["texts embedded"] = counts["texts_embedded_new"]
+            facts["from the cache"] = counts["texts_embedding_cache_hits"]
         crash_point("after_embed", run_id)  # (tests: the cache holds this run's vectors now)
         # Texts/s through the model (cache hits are not counted: they cost no inference).
         embed_rate = counts["texts_embedded_new"] / max(timings["embed"], 1e-9)
 
-        with stage("user_vectors", timings):
+        with stage("user_vectors", timings) as facts:
             # The state is persisted first: the user_vectors table and the features are derived
             # from the very same rows, so the assign job reproduces every user's segment exactly.
             state = keep(user_state(embedded, events, pooling=uc["pooling"], half_life_days=uc["half_life_days"],
@@ -248,8 +261,9 @@ def _run(spark: SparkSession, conf: dict, run_id: str) -> RunResult:
                              F.sum(F.when(F.col("n_texts") == 0, 1).otherwise(0)).alias("events_only")).first()
             counts["users"], counts["users_text_only"], counts["users_events_only"] = (
                 int(urow["n"]), int(urow["text_only"] or 0), int(urow["events_only"] or 0))
+            facts["users"] = counts["users"]
 
-        with stage("cluster", timings):
+        with stage("cluster", timings) as facts:
             k_scores: list[dict] = []
             k = cc["k"]
             common = dict(algorithm=cc["algorithm"], seed=cc["seed"], max_iter=cc["max_iter"],
@@ -291,8 +305,9 @@ def _run(spark: SparkSession, conf: dict, run_id: str) -> RunResult:
             model.write().overwrite().save(model_path)
             centers = np.vstack(model.clusterCenters())
             lineage = cluster.bisecting_tree(spark, model_path) if cc["algorithm"] == "bisecting" else {}
+            facts["users assigned"] = counts["users"]
 
-        with stage("profile", timings):
+        with stage("profile", timings, rate=False) as facts:
             terms = keep(profile.user_terms(embedded, conf["profile"]["bigrams"]))
             segments = profile.profile_segments(
                 assigned, embedded, terms, events, centers, text_dim=text_dim,
@@ -305,9 +320,14 @@ def _run(spark: SparkSession, conf: dict, run_id: str) -> RunResult:
                  for sid in names], "segment_id int, name string, parent_id int, lineage array<int>")
             segments = segments.join(extra, "segment_id", "left").select(
                 "segment_id", "name", "parent_id", "lineage", *[c for c in segments.columns if c != "segment_id"])
-            segments = keep(privacy.suppress_profiles(segments, privacy_note.get("suppressed_segments", []),
-                                                      conf["privacy"]["min_segment_size"]).orderBy("segment_id"))
+            segments = privacy.suppress_profiles(segments, privacy_note.get("suppressed_segments", []),
+                                                 conf["privacy"]["min_segment_size"]).orderBy("segment_id")
+            # k rows: collected once and rebuilt as a plain frame, so the tables and joins built
+            # from it (user_segments' explanations, the write) do not carry the profile stage's
+            # plan, whose text reached tens of MB (Spark renders it for every query).
+            segments = keep(spark.createDataFrame(segments.collect(), segments.schema))
             seg_rows = [r.asDict(recursive=True) for r in segments.drop("centroid").collect()]
+            facts["segments"] = len(seg_rows)
             user_segments = profile.explain_users(assigned, terms, segments).select(
                 F.lit(run_id).alias("run_id"), "user_id", F.col("segment_id").cast("int"), "distance",
                 F.col("second_segment_id").cast("int"), "second_distance", "margin", "matched_terms",
@@ -315,10 +335,10 @@ def _run(spark: SparkSession, conf: dict, run_id: str) -> RunResult:
                 F.lit(run_id).alias("assigned_by"))
             projection = _projection(assigned, cc["seed"])
 
-        recs, user_recs = _recommend(conf, events, assigned, terms, segments, seg_rows, privacy_note,
+        recs, user_recs = _recommend(conf, events, assigned, terms, seg_rows, privacy_note,
                                      watermarks["events_watermark"], timings, keep)
 
-        with stage("write", timings):
+        with stage("write", timings) as facts:
             k_table = spark.createDataFrame(
                 [{"run_id": run_id, **{c: s.get(c) for c in K_COLUMNS}} for s in k_scores], K_SCHEMA)
             # One Delta commit per table; a rerun of the run id replaces its partition (idempotent).
@@ -354,6 +374,7 @@ def _run(spark: SparkSession, conf: dict, run_id: str) -> RunResult:
                     counts[f"{t}_rows"] = written[t]
                 else:
                     tables.pop(t)  # (not written by this run: no events, or switched off)
+            facts["rows written"] = sum(written.values())
             _reconcile(counts, written)
 
         result = RunResult(run_id, root, tables, counts, reasons, k, quality["silhouette"], cost, k_scores, timings,
@@ -363,8 +384,8 @@ def _run(spark: SparkSession, conf: dict, run_id: str) -> RunResult:
         return result
 
 
-def _recommend(conf: dict, events: DataFrame | None, assigned: DataFrame, terms: DataFrame, segments: DataFrame,
-               seg_rows: list[dict], privacy_note: dict, as_of, timings: dict[str, float],
+def _recommend(conf: dict, events: DataFrame | None, assigned: DataFrame, terms: DataFrame, seg_rows: list[dict],
+               privacy_note: dict, as_of, timings: dict[str, float],
                keep: Callable[[DataFrame], DataFrame]) -> tuple[DataFrame | None, DataFrame | None]:
     """The recommend stage (jobs/recommend.py): (segment_recommendations rows, user_recommendations
     rows or None). Needs events; each segment row gets its `top_items` for the summary."""
@@ -372,19 +393,24 @@ def _recommend(conf: dict, events: DataFrame | None, assigned: DataFrame, terms:
     if not rc["enabled"] or events is None:
         log.info("recommend: skipped (%s)", "no events" if rc["enabled"] else "recommend.enabled is false")
         return None, None
-    with stage("recommend", timings):
+    with stage("recommend", timings, rate=False) as facts:
         inter = recommend.interactions(events, rc["event_weights"], as_of=as_of, half_life_days=rc["half_life_days"],
                                        rating_range=tuple(conf["input"]["rating_range"]))
         scores = keep(recommend.item_scores(
             inter, assigned, lift_weight=rc["lift_weight"], lift_prior=rc["lift_prior"], min_users=rc["min_users"],
             fallback_n=rc["top_n"], exclude_segments=privacy_note.get("suppressed_segments")))
-        reasons = recommend.reason_terms(terms, assigned, segments, rc["reason_terms"])
+        # The segments' top terms from the k collected rows: the profiled `segments` frame carries
+        # the whole profile stage's plan, which joined here made 100 MB plan strings.
+        seg_terms = assigned.sparkSession.createDataFrame(
+            [(s["segment_id"], s.get("top_terms") or []) for s in seg_rows], "segment_id int, top_terms array<string>")
+        reasons = recommend.reason_terms(terms, assigned, seg_terms, rc["reason_terms"])
         recs = keep(recommend.segment_recommendations(scores, reasons, rc["top_n"]))
         top: dict[int, list[str]] = {}
         for r in recs.where(F.col("rank") <= 5).orderBy("segment_id", "rank").collect():
             top.setdefault(r["segment_id"], []).append(r["item_id"])
         for s in seg_rows:
             s["top_items"] = top.get(s["segment_id"], [])
+        facts["segments"] = len(top)
         user_recs = None
         if rc["user_table"]:
             # Everything a user interacted with counts as consumed (views too).

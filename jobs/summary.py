@@ -50,10 +50,19 @@ def render(res: Any) -> str:
         lines.append(f"recommendations: {c['segment_recommendations_rows']} segment rows"
                      + (f", {c['user_recommendations_rows']} user rows" if "user_recommendations_rows" in c else ""))
     lines.append("")
-    lines.append("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res.stage_seconds.items()))
+    lines += stage_table(res.stage_seconds)
     if getattr(res, "report_path", None):
         lines.append(f"report: {res.report_path}")
     lines.append("tables:")
     for name, path in res.tables.items():
         lines.append(f"    {name:<24} {path}")
     return "\n".join(lines)
+
+
+def stage_table(seconds: dict[str, float]) -> list[str]:
+    """Each stage's duration and share of the run, and the total."""
+    total = sum(seconds.values()) or 1e-9
+    lines = [f"{'stage':<14} {'seconds':>8} {'share':>6}"]
+    lines += [f"{name:<14} {sec:>8.1f} {sec / total:>6.1%}" for name, sec in seconds.items()]
+    lines.append(f"{'total':<14} {sum(seconds.values()):>8.1f}")
+    return lines

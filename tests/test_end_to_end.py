@@ -319,3 +319,24 @@ def test_cli_errors(spark, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "--model-path" in capsys.readouterr().out
+
+
+def test_stage_logs_counts_and_rates_and_summary_table(caplog):
+    """Each stage's end line carries its counts and the first one's rate; the summary ends with
+    a table of stage durations."""
+    import logging
+
+    from jobs.segment_users import stage
+    from jobs.summary import stage_table
+
+    timings: dict[str, float] = {}
+    with caplog.at_level(logging.INFO, logger="seglake"):
+        with stage("embed", timings) as facts:
+            facts["texts embedded"] = 1200
+            facts["from the cache"] = 30
+    done = [r.getMessage() for r in caplog.records if "stage embed: done" in r.getMessage()]
+    assert len(done) == 1 and "1,200 texts embedded, 30 from the cache (" in done[0]
+    assert re.search(r"\(\d[\d,]*\.\d texts embedded/s\)", done[0]) and "embed" in timings
+    table = stage_table({"ingest": 10.0, "embed": 30.0})
+    assert table[0].split() == ["stage", "seconds", "share"]
+    assert table[1].split() == ["ingest", "10.0", "25.0%"] and table[-1].split() == ["total", "40.0"]

@@ -82,6 +82,17 @@ def test_missing_file_is_a_clear_error(spark, tmp_path):
         ingest.read_source(spark, str(tmp_path / "nope.csv"), "csv", name="events")
 
 
+def test_catalog_table_input(spark):
+    """format `table`: an input by table name (Unity Catalog's catalog.schema.table on Databricks;
+    a temporary view here), validated like a file."""
+    spark.createDataFrame([("a", "hello there"), ("", "orphan")], "user_id string, text string") \
+        .createOrReplaceTempView("seglake_test_texts")
+    rows = {r.user_id: r.reason for r in _texts(spark, "seglake_test_texts", "table").collect()}
+    assert rows == {"a": None, "": "missing_user_id"}
+    with pytest.raises(ingest.InputError, match="texts input table not found: main.raw.nope"):
+        ingest.read_source(spark, "main.raw.nope", "table", name="texts")
+
+
 def test_event_reasons(spark, tmp_path):
     p = tmp_path / "events.csv"
     p.write_text(
