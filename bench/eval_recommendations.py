@@ -64,6 +64,7 @@ local_env()
 import pandas as pd  # noqa: E402
 from pyspark.sql import DataFrame, SparkSession  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
+from pyspark.sql.window import Window  # noqa: E402
 
 from results_md import append_result, mem_total  # noqa: E402 - bench/ is on sys.path (this script's folder)
 from jobs import config, ingest, rec_eval, recommend  # noqa: E402
@@ -110,14 +111,12 @@ def popularity_recs(inter: DataFrame, segs: DataFrame, users: DataFrame, consume
                     lift_weight: float, rc: dict) -> DataFrame:
     """Each evaluated user's top N from their segment's ranking (jobs/recommend.py), consumed items out."""
     scores = recommend.item_scores(inter, segs, lift_weight=lift_weight, lift_prior=rc["lift_prior"],
-                                   min_users=rc["min_users"], fallback_n=N).cache()
+                                   min_users=rc["min_users"], fallback_n=N)
     return recommend.recommend_for_users(users.join(segs, "user_id"), scores, consumed, N)
 
 
 def _indexed(inter: DataFrame) -> tuple[DataFrame, DataFrame, DataFrame]:
     """Integer ids for ALS: (interactions with uid/iid, user ids, item ids)."""
-    from pyspark.sql.window import Window
-
     uids = inter.select("user_id").distinct().withColumn("uid", F.row_number().over(Window.orderBy("user_id")) - 1)
     iids = inter.select("item_id").distinct().withColumn("iid", F.row_number().over(Window.orderBy("item_id")) - 1)
     return inter.join(uids, "user_id").join(iids, "item_id").cache(), uids.cache(), iids.cache()
@@ -137,8 +136,6 @@ def als_recs(inter: DataFrame, users: DataFrame, consumed: DataFrame, rank: int,
     raw = (model.recommendForUserSubset(target.select("uid"), N + extra)
            .select("uid", F.posexplode("recommendations").alias("_p", "r"))
            .select("uid", "_p", F.col("r.iid").alias("iid"), F.col("r.rating").alias("score")))
-    from pyspark.sql.window import Window
-
     ranked = (raw.join(target, "uid").join(iids, "iid").join(seen, ["user_id", "item_id"], "left_anti")
               .withColumn("rank", F.row_number().over(Window.partitionBy("user_id").orderBy("_p"))))
     return ranked.where(F.col("rank") <= N).select("user_id", "rank", "item_id", "score")
