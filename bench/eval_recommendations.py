@@ -68,7 +68,6 @@ from pyspark.sql.window import Window  # noqa: E402
 
 from results_md import append_result, mem_total  # noqa: E402 - bench/ is on sys.path (this script's folder)
 from jobs import config, ingest, rec_eval, recommend  # noqa: E402
-from jobs.clean import prepare_events, prepare_texts, rules  # noqa: E402
 
 log = logging.getLogger("eval_recs")
 N = 50
@@ -88,13 +87,9 @@ def _conf(texts: str | None = None, events: str | None = None, **over) -> dict:
 
 def load_kept(spark: SparkSession, path: str, name: str) -> DataFrame:
     """An input read, validated and cleaned exactly as the job does; the kept rows."""
-    conf = _conf(**{name: path})
-    spec = config.TEXT_COLUMNS if name == "texts" else config.EVENT_COLUMNS
-    prepare = prepare_texts if name == "texts" else prepare_events
-    raw = ingest.read_source(spark, path, "csv", {}, "delta-rs", name)
-    tagged = (raw.transform(ingest.map_columns, conf["input"]["columns"][name], spec, path, name)
-              .transform(lambda d: prepare(d, **rules(conf, name))))
-    return ingest.split_quarantine(tagged)[0]
+    from jobs.segment_users import read_input
+
+    return ingest.split_quarantine(read_input(spark, _conf(**{name: path}), name))[0]
 
 
 def train_file(src: str, dst: str, cutoff: datetime) -> str:

@@ -33,6 +33,7 @@ def read_source(spark: SparkSession, path: str, fmt: str, options: dict | None =
     """Read one input. CSV/JSON are read as strings with malformed lines kept in
     `_corrupt_record` (PERMISSIVE), so parsing and validation happen explicitly later.
     `table`: `path` is a table name in the session's catalog (Unity Catalog: catalog.schema.table)."""
+    options = {str(k): str(v) for k, v in (options or {}).items()}
     if fmt == "table":
         try:
             exists = spark.catalog.tableExists(path)
@@ -40,10 +41,9 @@ def read_source(spark: SparkSession, path: str, fmt: str, options: dict | None =
             exists = False
         if not exists:
             raise InputError(f"{name} input table not found: {path}")
-        return spark.read.options(**{str(k): str(v) for k, v in (options or {}).items()}).table(path)
+        return spark.read.options(**options).table(path)
     if is_local_path(path) and not os.path.exists(path):
         raise InputError(f"{name} input not found: {path}")
-    options = {str(k): str(v) for k, v in (options or {}).items()}
     if fmt == "csv":
         opts = {"header": "true", "multiLine": "true", "escape": '"', **options}
         schema = _string_schema(spark.read.options(**opts).csv(path).columns)

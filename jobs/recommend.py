@@ -114,13 +114,10 @@ def reason_terms(terms: DataFrame, user_segments: DataFrame, segments: DataFrame
             .select("segment_id", "item_id", F.col("_t.term").alias("reason_terms")))
 
 
-def segment_recommendations(scores: DataFrame, reasons: DataFrame | None, top_n: int) -> DataFrame:
-    """The `top_n` best items per segment, with their reason terms (columns REC_COLUMNS)."""
-    top = scores.where(F.col("rank") <= top_n)
-    if reasons is not None:
-        top = top.join(reasons, ["segment_id", "item_id"], "left")
-    else:
-        top = top.withColumn("reason_terms", F.lit(None).cast("array<string>"))
+def segment_recommendations(scores: DataFrame, reasons: DataFrame, top_n: int) -> DataFrame:
+    """The `top_n` best items per segment, with their reason terms (`reason_terms`' output;
+    items without any get an empty list). Columns REC_COLUMNS."""
+    top = scores.where(F.col("rank") <= top_n).join(reasons, ["segment_id", "item_id"], "left")
     return top.withColumn("reason_terms", F.coalesce("reason_terms", F.array().cast("array<string>"))).select(
         F.col("segment_id").cast("int"), F.col("rank").cast("int"), "item_id", "score", "n_users",
         "segment_share", "lift", "reason_terms")

@@ -150,11 +150,14 @@ def stage(name: str, timings: dict[str, float], rate: bool = True) -> Iterator[d
     log.info("stage %s: done in %.1f s%s", name, seconds, detail)
 
 
-def _read(spark: SparkSession, conf: dict, name: str, spec: dict, validate) -> DataFrame:
+def read_input(spark: SparkSession, conf: dict, name: str) -> DataFrame:
+    """The conf's `name` input (texts or events) read, mapped, validated and cleaned as the job
+    does it: every row, with `reason` set on the ones that go to quarantine."""
     src = conf["input"][name]
+    spec, prepare = (config.TEXT_COLUMNS, prepare_texts) if name == "texts" else (config.EVENT_COLUMNS, prepare_events)
     raw = ingest.read_source(spark, src["path"], src["format"], src["options"], conf["output"]["engine"], name)
     return (raw.transform(ingest.map_columns, conf["input"]["columns"][name], spec, src["path"], name)
-            .transform(validate))
+            .transform(lambda d: prepare(d, **rules(conf, name))))
 
 
 def new_run_id() -> str:
@@ -197,16 +200,14 @@ def _run(spark: SparkSession, conf: dict, run_id: str) -> RunResult:
         # otherwise each fail the same way, later, with a less direct error).
         resolve_model_path(ec["model_path"])
         with stage("ingest", timings) as facts:
-            texts = keep(_read(spark, conf, "texts", config.TEXT_COLUMNS,
-                               lambda d: prepare_texts(d, **rules(conf, "texts"))))
+            texts = keep(read_input(spark, conf, "texts"))
             counts["texts_read"], counts["texts_kept"], r = ingest.reason_counts(texts, "texts")
             reasons.update(r)
             kept_texts, bad_texts = ingest.split_quarantine(texts)
             quarantine = ingest.to_quarantine(bad_texts, "texts", conf["input"]["texts"]["path"], run_id)
             events = None
             if has_events:
-                tagged = keep(_read(spark, conf, "events", config.EVENT_COLUMNS,
-                                    lambda d: prepare_events(d, **rules(conf, "events"))))
+                tagged = keep(read_input(spark, conf, "events"))
                 counts["events_read"], counts["events_kept"], r = ingest.reason_counts(tagged, "events")
                 reasons.update(r)
                 events, bad_events = ingest.split_quarantine(tagged)
@@ -325,8 +326,9 @@ def _run(spark: SparkSession, conf: dict, run_id: str) -> RunResult:
             # k rows: collected once and rebuilt as a plain frame, so the tables and joins built
             # from it (user_segments' explanations, the write) do not carry the profile stage's
             # plan, whose text reached tens of MB (Spark renders it for every query).
-            segments = keep(spark.createDataFrame(segments.collect(), segments.schema))
-            seg_rows = [r.asDict(recursive=True) for r in segments.drop("centroid").collect()]
+            collected = segments.collect()
+            segments = keep(spark.createDataFrame(collected, segments.schema))
+            seg_rows = [{c: v for c, v in r.asDict(recursive=True).items() if c != "centroid"} for r in collected]
             facts["segments"] = len(seg_rows)
             user_segments = profile.explain_users(assigned, terms, segments).select(
                 F.lit(run_id).alias("run_id"), "user_id", F.col("segment_id").cast("int"), "distance",
@@ -335,7 +337,7 @@ def _run(spark: SparkSession, conf: dict, run_id: str) -> RunResult:
                 F.lit(run_id).alias("assigned_by"))
             projection = _projection(assigned, cc["seed"])
 
-        recs, user_recs = _recommend(conf, events, assigned, terms, seg_rows, privacy_note,
+        recs, user_recs = _recommend(conf, events, assigned, terms, segments, seg_rows, privacy_note,
                                      watermarks["events_watermark"], timings, keep)
 
         with stage("write", timings) as facts:
@@ -384,8 +386,8 @@ def _run(spark: SparkSession, conf: dict, run_id: str) -> RunResult:
         return result
 
 
-def _recommend(conf: dict, events: DataFrame | None, assigned: DataFrame, terms: DataFrame, seg_rows: list[dict],
-               privacy_note: dict, as_of, timings: dict[str, float],
+def _recommend(conf: dict, events: DataFrame | None, assigned: DataFrame, terms: DataFrame, segments: DataFrame,
+               seg_rows: list[dict], privacy_note: dict, as_of, timings: dict[str, float],
                keep: Callable[[DataFrame], DataFrame]) -> tuple[DataFrame | None, DataFrame | None]:
     """The recommend stage (jobs/recommend.py): (segment_recommendations rows, user_recommendations
     rows or None). Needs events; each segment row gets its `top_items` for the summary."""
@@ -399,11 +401,7 @@ def _recommend(conf: dict, events: DataFrame | None, assigned: DataFrame, terms:
         scores = keep(recommend.item_scores(
             inter, assigned, lift_weight=rc["lift_weight"], lift_prior=rc["lift_prior"], min_users=rc["min_users"],
             fallback_n=rc["top_n"], exclude_segments=privacy_note.get("suppressed_segments")))
-        # The segments' top terms from the k collected rows: the profiled `segments` frame carries
-        # the whole profile stage's plan, which joined here made 100 MB plan strings.
-        seg_terms = assigned.sparkSession.createDataFrame(
-            [(s["segment_id"], s.get("top_terms") or []) for s in seg_rows], "segment_id int, top_terms array<string>")
-        reasons = recommend.reason_terms(terms, assigned, seg_terms, rc["reason_terms"])
+        reasons = recommend.reason_terms(terms, assigned, segments, rc["reason_terms"])
         recs = keep(recommend.segment_recommendations(scores, reasons, rc["top_n"]))
         top: dict[int, list[str]] = {}
         for r in recs.where(F.col("rank") <= 5).orderBy("segment_id", "rank").collect():

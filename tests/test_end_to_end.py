@@ -150,16 +150,13 @@ def test_recommendations_for_a_set_of_users_from_the_tables(spark, sample_run):
     """recommend.for_users (user_recommendations off) reads the run's tables and gives the same
     first 10 items as the job's user_recommendations table, given the same consumed items."""
     from jobs import recommend
-    from jobs.clean import prepare_events, rules
-    from jobs.ingest import map_columns, read_source, split_quarantine
-    from jobs.config import EVENT_COLUMNS
+    from jobs.ingest import split_quarantine
+    from jobs.segment_users import read_input
 
     res, lake = sample_run
-    conf = _conf(lake.parent, input__texts__path=str(SAMPLE / "texts.csv"))
-    path = str(SAMPLE / "events.csv")
-    events = split_quarantine(read_source(spark, path, "csv", {}, "delta-rs", "events")
-                              .transform(map_columns, conf["input"]["columns"]["events"], EVENT_COLUMNS, path, "events")
-                              .transform(lambda d: prepare_events(d, **rules(conf, "events"))))[0]
+    conf = _conf(lake.parent, input__texts__path=str(SAMPLE / "texts.csv"),
+                 input__events__path=str(SAMPLE / "events.csv"))
+    events = split_quarantine(read_input(spark, conf, "events"))[0]
     some = spark.createDataFrame([(f"u{i:07d}",) for i in range(0, 660, 7)] + [("nobody",)], "user_id string")
     got = recommend.for_users(spark, str(lake), some, events, n=10).toPandas()
     urecs = _table(lake / "user_recommendations")
