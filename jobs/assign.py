@@ -170,6 +170,7 @@ def assign_batch(spark: SparkSession, conf: dict, texts: DataFrame | None, event
     root = conf["output"]["root"].rstrip("/")
     t = tables(root)
     engine = delta_io.resolve_engine(spark, conf["output"]["engine"])
+    config.require_catalog_engine(conf, engine)
     res = AssignResult(run_id, model_run.run_id)
     counts, timings, params = res.counts, res.stage_seconds, model_run.params
     started = datetime.now(timezone.utc)
@@ -285,6 +286,9 @@ def assign_batch(spark: SparkSession, conf: dict, texts: DataFrame | None, event
                 log.warning("drift against model run %s: %s; a re-fit is recommended (seglake-assign "
                             "--refit-if-drifted runs the full job)", model_run.run_id, "; ".join(res.refit_reasons))
         res.watermarks = watermarks
+        if conf["output"]["catalog_schema"]:
+            # (the full job named its tables; drift and assign_runs are this job's own)
+            delta_io.register_tables(spark, t, conf["output"]["catalog_schema"])
         _write_run_row(spark, t, res, mode, "succeeded", started, engine)
         return res
 
@@ -448,6 +452,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-path", help="BERT model directory (must be the one the model run used)")
     p.add_argument("--run-id", help="run id of this batch (streaming: prefix of the micro-batch run ids)")
     p.add_argument("--engine", choices=("auto", "native", "delta-rs"), help="Delta writer (default auto)")
+    p.add_argument("--catalog-schema", help="also register the tables by name in this catalog schema "
+                                            "(e.g. main.seglake; native Delta only)")
     p.add_argument("--no-watermark", action="store_true", help="apply every input row, ignoring the last watermark")
     p.add_argument("--reassign-all", action="store_true", help="re-assign every user in user_vectors (no new input)")
     p.add_argument("--refit-if-drifted", action="store_true",

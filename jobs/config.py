@@ -97,7 +97,10 @@ DEFAULTS: dict[str, Any] = {
         "user_table": False,  # also write user_recommendations (n rows per user: can be large)
     },
     # lock: one run at a time per output root (a second one fails, or waits lock_wait_s seconds).
-    "output": {"root": "lakehouse", "engine": "auto", "report": True, "lock": True, "lock_wait_s": 0},
+    # catalog_schema: also name the tables in this catalog schema (e.g. Unity Catalog main.seglake);
+    # needs the native engine.
+    "output": {"root": "lakehouse", "engine": "auto", "report": True, "lock": True, "lock_wait_s": 0,
+               "catalog_schema": None},
     # seglake-assign: new texts/events since the last watermark, assigned with a saved model.
     "assign": {
         "texts": {"path": None, "format": "csv", "options": {}},
@@ -107,6 +110,13 @@ DEFAULTS: dict[str, Any] = {
         "checkpoint": None,  # streaming: checkpoint location (default <output>/_checkpoints/assign)
         "trigger": "available-now",  # streaming: available-now, or a processing-time interval like "60 seconds"
         "max_files_per_trigger": None,
+    },
+    # MLflow (jobs/tracking.py): auto tracks when mlflow is installed; true requires it; false: off.
+    "tracking": {
+        "mlflow": "auto",
+        "uri": None,  # None: $MLFLOW_TRACKING_URI, the workspace on Databricks, else <output>/_mlflow (SQLite)
+        "experiment": None,  # None: $MLFLOW_EXPERIMENT_NAME or "seglake" (Databricks: a workspace path)
+        "log_model": True,  # the fitted MLlib model in MLflow's spark flavour
     },
     # Past any of these an assign run sets refit_recommended in the drift table.
     "drift": {"max_far_share": 0.15, "max_psi": 0.25, "max_mean_shift": 0.25, "min_users": 100},
@@ -202,6 +212,7 @@ def flag_overrides(args: Any, section: str) -> dict:
         put(o, f"{section}.{name}.path", getattr(args, name))
         put(o, f"{section}.{name}.format", getattr(args, f"{name}_format"))
     for key, value in (("output.root", args.output), ("output.engine", args.engine),
+                       ("output.catalog_schema", args.catalog_schema or None),  # "": not set (bundle default)
                        ("embed.model_path", args.model_path), ("run_id", args.run_id)):
         put(o, key, value)
     return o
@@ -319,6 +330,12 @@ def validate(conf: dict, job: str = "segment") -> None:
     for key in ("lift_weight", "lift_prior"):
         v = rc[key]
         _check(_number(v) and v >= 0, f"recommend.{key}", f"must be a number >= 0, got {v!r}")
+    tc = conf["tracking"]
+    _check(tc["mlflow"] in ("auto", True, False), "tracking.mlflow", f"must be auto, true or false; got {tc['mlflow']!r}")
+    for key in ("uri", "experiment"):
+        _check(tc[key] is None or (isinstance(tc[key], str) and tc[key]), f"tracking.{key}",
+               f"must be a non-empty string or null, got {tc[key]!r}")
+    _check(isinstance(tc["log_model"], bool), "tracking.log_model", "must be true or false")
     _check(isinstance(conf["output"]["report"], bool), "output.report", "must be true or false")
     _check(isinstance(conf["output"]["lock"], bool), "output.lock", "must be true or false")
     lw = conf["output"]["lock_wait_s"]
@@ -326,10 +343,21 @@ def validate(conf: dict, job: str = "segment") -> None:
            f"must be a number of seconds >= 0, got {lw!r}")
     _check(bool(conf["output"]["root"]), "output.root", "is required")
     _choice(conf, "output.engine", ("auto", "native", "delta-rs"))
+    cs = conf["output"]["catalog_schema"]
+    _check(cs is None or (isinstance(cs, str) and re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)?", cs) is not None),
+           "output.catalog_schema", f"must be 'schema' or 'catalog.schema' (letters, digits, _); got {cs!r}")
     rid = conf["run_id"]
     if rid is not None:
         _check(isinstance(rid, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", rid) is not None,
                "run_id", f"must match [A-Za-z0-9][A-Za-z0-9_.-]* (it names a table partition); got {rid!r}")
+
+
+def require_catalog_engine(conf: dict, engine: str) -> None:
+    """output.catalog_schema names tables through the session's catalog: native Delta only."""
+    if conf["output"]["catalog_schema"] and engine != "native":
+        raise ConfigError(f"output.catalog_schema ({conf['output']['catalog_schema']}) registers the tables in the "
+                          f"session's catalog, which needs native Delta; this session writes with {engine} "
+                          "(configure Delta in Spark, or leave catalog_schema unset and read the tables by path)")
 
 
 def snapshot(conf: dict) -> str:

@@ -821,6 +821,38 @@ def overwrite_table(df: DataFrame, path: str, *, engine: str = "auto", partition
     return _write_delta_rs(df, path, partition_by, None)
 
 
+def _table_location(spark: SparkSession, name: str) -> str | None:
+    """Where the catalog table `name` lives, or None when there is no such table."""
+    if not spark.catalog.tableExists(name):
+        return None
+    rows = spark.sql(f"DESCRIBE TABLE EXTENDED {name}").collect()
+    return next((r["data_type"] for r in rows if r["col_name"] == "Location"), "")
+
+
+def register_tables(spark: SparkSession, tables: dict[str, str], schema: str) -> dict[str, str]:
+    """Name each Delta table at `tables[name]` in the catalog schema `schema` (Unity Catalog
+    `catalog.schema`, or a metastore database) as an external table, so that readers query
+    `schema.name` rather than a path. Idempotent. A name already bound to another location
+    raises: its readers would otherwise silently see another table. Tables not written yet are
+    skipped. Returns name -> full name of the registered ones.
+    Needs a session whose catalog knows Delta (the native engine)."""
+    if not spark.catalog.databaseExists(schema):
+        spark.sql(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+    names = {}
+    for name, path in tables.items():
+        if _native_schema_or_none(spark, path) is None:
+            continue  # (not written yet, e.g. no events: registered by a later run)
+        full, location = f"{schema}.{name}", _table_uri(path)
+        bound = _table_location(spark, full)
+        if bound is None:
+            spark.sql(f"CREATE TABLE IF NOT EXISTS {full} USING delta LOCATION '{location.replace(chr(39), chr(92) + chr(39))}'")
+        elif _table_uri(bound) != location:
+            raise ValueError(f"catalog table {full} already points at {bound}, not at {location}: "
+                             "use another output.catalog_schema or drop that table")
+        names[name] = full
+    return names
+
+
 def _merge_predicate(df: DataFrame, keys: list[str], partition_values: dict[str, str] | None) -> str:
     """ON clause: all keys equal, plus literal filters on the target's partition columns."""
     if isinstance(keys, str) or not keys:

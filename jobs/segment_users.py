@@ -31,7 +31,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import cluster, config, delta_io, ingest, metrics, privacy, profile, recommend, summary
+from jobs import cluster, config, delta_io, ingest, metrics, privacy, profile, recommend, summary, tracking
 from jobs.drift import drift_reference
 from jobs.faults import crash_point
 from jobs.history import history_rows
@@ -71,6 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-path", help="local BERT model directory (default: packaged all-MiniLM-L6-v2)")
     p.add_argument("--run-id", help="run id; rerunning with the same id replaces that run's rows")
     p.add_argument("--engine", choices=("auto", "native", "delta-rs"), help="Delta writer (default auto)")
+    p.add_argument("--catalog-schema", help="also register the tables by name in this catalog schema "
+                                            "(e.g. main.seglake; native Delta only)")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     return p.parse_args(argv)
 
@@ -106,6 +108,10 @@ class RunResult:
     segments: list[dict] = field(default_factory=list)
     quality: dict = field(default_factory=dict)
     report_path: str | None = None
+    model_path: str | None = None
+    table_names: dict[str, str] = field(default_factory=dict)  # catalog names (output.catalog_schema)
+    model: object = field(default=None, repr=False)  # the fitted MLlib model (for MLflow)
+    tracking: dict | None = None  # the MLflow run, when tracked
 
 
 @contextmanager
@@ -168,14 +174,19 @@ def run(spark: SparkSession, conf: dict) -> RunResult:
     """The whole job on an existing session, holding the output root's lock (jobs/lock.py):
     a second run on the same root fails (or waits) before it writes anything."""
     run_id = conf["run_id"] or new_run_id()
-    with job_lock(spark, conf, "seglake-segment", run_id):
-        return _run(spark, conf, run_id)
+    config.require_catalog_engine(conf, delta_io.resolve_engine(spark, conf["output"]["engine"]))
+    with job_lock(spark, conf, "seglake-segment", run_id), \
+            tracking.tracked(conf, "seglake-segment", run_id) as tracker:
+        result = _run(spark, conf, run_id)
+        tracker.log_segment_run(conf, result)
+        return result
 
 
 def _run(spark: SparkSession, conf: dict, run_id: str) -> RunResult:
     started = datetime.now(timezone.utc)
     root = conf["output"]["root"].rstrip("/")
     tables = {t: f"{root}/{t}" for t in TABLES}
+    table_names: dict[str, str] = {}
     engine = delta_io.resolve_engine(spark, conf["output"]["engine"])
     timings: dict[str, float] = {}
     counts: dict[str, int] = {}
@@ -378,9 +389,12 @@ def _run(spark: SparkSession, conf: dict, run_id: str) -> RunResult:
                     tables.pop(t)  # (not written by this run: no events, or switched off)
             facts["rows written"] = sum(written.values())
             _reconcile(counts, written)
+            if conf["output"]["catalog_schema"]:
+                table_names = delta_io.register_tables(spark, tables, conf["output"]["catalog_schema"])
 
         result = RunResult(run_id, root, tables, counts, reasons, k, quality["silhouette"], cost, k_scores, timings,
-                           embed_rate, seg_rows, quality)
+                           embed_rate, seg_rows, quality, model_path=model_path, model=model,
+                           table_names=table_names)
         result.report_path = _write_report(conf, result, started, projection)
         _write_runs_row(spark, conf, result, started, "succeeded", engine, model_path, feature_params, watermarks)
         return result
@@ -543,6 +557,7 @@ def preflight(conf: dict) -> None:
     usable and, with pseudonymous ids, the key can be read (a Databricks secret scope is
     read later, on the driver, as it needs the session)."""
     resolve_model_path(conf["embed"]["model_path"])
+    tracking.check(conf)
     pv = conf["privacy"]
     if pv["pseudonymize_user_ids"] and pv["key_source"].startswith("env:"):
         privacy.user_id_key(pv["key_source"])
@@ -560,6 +575,9 @@ def run_cli(prog: str, job: Callable[[], object]) -> tuple[object, int]:
     except LockError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return None, 4
+    except config.ConfigError as exc:  # (the checks that need the session: engine, models' run)
+        print(f"{prog}: configuration error: {exc}", file=sys.stderr)
+        return None, 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,9 +53,13 @@ def render(res: Any) -> str:
     lines += stage_table(res.stage_seconds)
     if getattr(res, "report_path", None):
         lines.append(f"report: {res.report_path}")
+    if getattr(res, "tracking", None):
+        t = res.tracking
+        lines.append(f"MLflow: run {t['run_id']} in experiment {t['experiment']} ({t['uri']})")
     lines.append("tables:")
+    names = getattr(res, "table_names", None) or {}
     for name, path in res.tables.items():
-        lines.append(f"    {name:<24} {path}")
+        lines.append(f"    {name:<24} {path}" + (f"  ({names[name]})" if name in names else ""))
     return "\n".join(lines)
 
 

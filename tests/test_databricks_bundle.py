@@ -75,12 +75,18 @@ def test_every_job_is_a_wheel_task_of_a_real_entry_point(bundle):
                          else assign.overrides_from_args(args))
             conf = config.load(args.conf, overrides, job="segment" if "segment" in wheel["entry_point"] else "assign")
             assert conf["output"]["engine"] == "native"  # the runtime has Delta: native writes
+            assert conf["output"]["catalog_schema"] is None  # the variable's default "": read by path
         for cluster in clusters.values():
             for field in ("spark_version", "node_type_id", "num_workers"):
                 assert field in cluster, (key, field)
     gpu = jobs["seglake_segment_gpu"]["job_clusters"][0]["new_cluster"]
     assert "gpu" in _resolve(gpu["spark_version"], variables)
     assert float(gpu["spark_conf"]["spark.task.resource.gpu.amount"]) <= 1
+    # Segmentation runs are MLflow runs in a workspace experiment (Databricks names them by path).
+    for key in ("seglake_segment", "seglake_segment_gpu"):
+        env = jobs[key]["job_clusters"][0]["new_cluster"]["spark_env_vars"]
+        assert set(VAR.findall(env["MLFLOW_EXPERIMENT_NAME"])) <= set(variables)
+        assert _resolve(env["MLFLOW_EXPERIMENT_NAME"], variables).startswith("/")
     # The daily assign job reads only what is new: a stream over the tables, run to the end.
     params = jobs["seglake_assign"]["tasks"][0]["python_wheel_task"]["parameters"]
     assert "--stream" in params and params[params.index("--trigger") + 1] == "available-now"

@@ -584,7 +584,8 @@ import json, sys
 sys.path.insert(0, {repo!r})
 from pysail.spark import SparkConnectServer
 from pyspark.sql import SparkSession
-from jobs.delta_io import DeltaSchemaMismatch, merge, overwrite_table, read_table, table_version, write_run
+from jobs.delta_io import (DeltaSchemaMismatch, merge, overwrite_table, read_table, register_tables, table_version,
+                           write_run)
 
 path, uv_path = sys.argv[1], sys.argv[2]
 server = SparkConnectServer(ip="127.0.0.1", port=0)
@@ -604,6 +605,11 @@ try:
     except DeltaSchemaMismatch as e:
         out["mismatch"] = str(e)
     out["read"] = sorted(tuple(r) for r in read_table(spark, path, engine="native").select("run_id", "n", "s").collect())
+    # Named in the catalog (output.catalog_schema): readers query seg.t; again is a no-op; a
+    # table not written yet is skipped; a name bound elsewhere is refused.
+    out["names"] = register_tables(spark, {{"t": path, "later": path + "-not-yet"}}, "seg")
+    out["again"] = register_tables(spark, {{"t": path}}, "seg")
+    out["by_name"] = sorted(tuple(r) for r in spark.table("seg.t").select("run_id", "n").collect())
 
     # Whole-table overwrite, MERGE and time travel on an unpartitioned table.
     uv = "user_id string, n long, last_batch string"
@@ -626,6 +632,10 @@ try:
     out["v0"] = sorted(tuple(r) for r in read_table(spark, uv_path, version=0, **native).select("user_id", "n").collect())
     out["v1"] = sorted(tuple(r) for r in read_table(spark, uv_path, version=1, **native).select("user_id", "n").collect())
     out["uv"] = sorted(tuple(r) for r in read_table(spark, uv_path, **native).select("user_id", "n", "last_batch", "score").collect())
+    try:
+        register_tables(spark, {{"t": uv_path}}, "seg")  # seg.t is the first table
+    except ValueError as e:
+        out["bound"] = str(e)
 finally:
     spark.stop()
     server.stop()
@@ -647,6 +657,9 @@ def test_native_engine_against_sail(spark, tmp_path):
     assert (out["first"], out["rerun"], out["r2"]) == (3, 2, 1)
     assert out["mismatch"] and path in out["mismatch"] and "'x'" in out["mismatch"]
     assert out["read"] == [["r1", 2, "b"], ["r1", 3, "c"], ["r2", 9, "z"]]
+    assert out["names"] == out["again"] == {"t": "seg.t"}
+    assert out["by_name"] == [["r1", 2], ["r1", 3], ["r2", 9]]
+    assert "seg.t already points at" in out["bound"] and path in out["bound"]
 
     # Checked independently of Sail, through delta-rs.
     rows = _delta_rows(path)

@@ -306,6 +306,17 @@ def test_failed_run_is_recorded(spark, tmp_path):
     assert list(runs.status) == ["failed"] and "no-model" in runs.error[0]
 
 
+def test_catalog_names_need_native_delta(spark, tmp_path, capsys):
+    texts, _ = _write_small_inputs(tmp_path)
+    flags = ["--texts", texts, "--no-events", "--output", str(tmp_path / "lake"), "--engine", "delta-rs",
+             "--catalog-schema", "main.seglake"]
+    assert main(flags) == 2  # before the lock, the tracking run or any table
+    assert "output.catalog_schema (main.seglake)" in capsys.readouterr().err
+    assert not (tmp_path / "lake").exists()
+    assert main(flags[:-1] + ["main.seg-lake"]) == 2
+    assert "catalog_schema" in capsys.readouterr().err
+
+
 def test_cli_errors(spark, tmp_path, capsys):
     bad = tmp_path / "t.csv"
     bad.write_text("uid,text\nu1,hello\n")
