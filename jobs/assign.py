@@ -46,7 +46,7 @@ from jobs.history import history_rows
 from jobs.lock import job_lock
 from jobs.profile import user_terms
 from jobs.segment_users import new_run_id, preflight, run_cli, run_scope, stage
-from jobs.session import build_session, setup_logging
+from jobs.session import LOG_LEVELS, build_session, setup_logging
 from jobs.user_vectors import STATE_COLUMNS, combine_state, features, user_state
 
 log = logging.getLogger("seglake.assign")
@@ -462,7 +462,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", help="streaming checkpoint location (default <output>/_checkpoints/assign)")
     p.add_argument("--trigger", help="streaming trigger: available-now (default) or an interval like '60 seconds'")
     p.add_argument("--max-files-per-trigger", type=int, help="streaming: files per micro-batch")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
+                   help="logging level (default INFO)")
     return p.parse_args(argv)
 
 

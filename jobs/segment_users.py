@@ -38,7 +38,7 @@ from jobs.history import history_rows
 from jobs.lock import LockError, job_lock
 from jobs.clean import prepare_events, prepare_texts, rules
 from jobs.embed import embed_cached, embed_model_id, embed_texts
-from jobs.session import build_session, setup_logging
+from jobs.session import LOG_LEVELS, build_session, setup_logging
 from jobs.user_vectors import STATE_COLUMNS, build_user_vectors, user_state
 from udfs.embedding import resolve_model_path
 
@@ -73,7 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--engine", choices=("auto", "native", "delta-rs"), help="Delta writer (default auto)")
     p.add_argument("--catalog-schema", help="also register the tables by name in this catalog schema "
                                             "(e.g. main.seglake; native Delta only)")
-    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
+                   help="logging level (default INFO)")
     return p.parse_args(argv)
 
 

@@ -63,8 +63,17 @@ def build_session(spark_conf: dict) -> SparkSession:
     return spark
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
 def setup_logging(level: str = "INFO") -> None:
-    """Job logs to stderr with timestamps; chatty libraries only from WARNING up."""
-    logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Job logs to stderr with timestamps; chatty libraries only from WARNING up. The level is
+    set even where a host (Databricks, pytest) installed its handlers first; then theirs print."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level.upper())
     for noisy in ("py4j", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -348,3 +348,25 @@ def test_stage_logs_counts_and_rates_and_summary_table(caplog):
     table = stage_table({"ingest": 10.0, "embed": 30.0})
     assert table[0].split() == ["stage", "seconds", "share"]
     assert table[1].split() == ["ingest", "10.0", "25.0%"] and table[-1].split() == ["total", "40.0"]
+
+
+def test_log_level_flag(capsys):
+    """--log-level sets the level even where a host installed its handlers first (pytest has);
+    an unknown level is a usage error."""
+    import logging
+
+    from jobs.segment_users import parse_args
+    from jobs.session import setup_logging
+
+    root = logging.getLogger()
+    before = root.level
+    try:
+        setup_logging(parse_args(["--log-level", "warning"]).log_level)
+        assert root.level == logging.WARNING and not logging.getLogger("seglake").isEnabledFor(logging.INFO)
+        setup_logging(parse_args([]).log_level)
+        assert logging.getLogger("seglake").isEnabledFor(logging.INFO)
+    finally:
+        root.setLevel(before)
+    with pytest.raises(SystemExit):
+        parse_args(["--log-level", "LOUD"])
+    assert "invalid choice" in capsys.readouterr().err
