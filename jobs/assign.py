@@ -170,7 +170,6 @@ def assign_batch(spark: SparkSession, conf: dict, texts: DataFrame | None, event
     root = conf["output"]["root"].rstrip("/")
     t = tables(root)
     engine = delta_io.resolve_engine(spark, conf["output"]["engine"])
-    config.require_catalog_engine(conf, engine)
     res = AssignResult(run_id, model_run.run_id)
     counts, timings, params = res.counts, res.stage_seconds, model_run.params
     started = datetime.now(timezone.utc)
@@ -354,6 +353,7 @@ def _mapped(df: DataFrame, conf: dict, name: str, source: str) -> DataFrame:
 def run(spark: SparkSession, conf: dict, *, reassign_all: bool = False) -> AssignResult:
     """One batch: the files under assign.texts / assign.events (or every stored user), holding
     the output root's lock."""
+    config.require_catalog_engine(conf, delta_io.resolve_engine(spark, conf["output"]["engine"]))
     with job_lock(spark, conf, "seglake-assign"):
         return _run_batch(spark, conf, reassign_all)
 
@@ -385,6 +385,7 @@ def run_stream(spark: SparkSession, conf: dict) -> list[AssignResult]:
     <prefix>-<batch id>; the checkpoint makes a restart resume where it stopped, and a
     replayed micro-batch is applied once (see the module docstring). The output root's lock is
     held while the stream runs."""
+    config.require_catalog_engine(conf, delta_io.resolve_engine(spark, conf["output"]["engine"]))
     with job_lock(spark, conf, "seglake-assign --stream"):
         return _run_stream(spark, conf)
 

@@ -822,7 +822,8 @@ def overwrite_table(df: DataFrame, path: str, *, engine: str = "auto", partition
 
 
 def _table_location(spark: SparkSession, name: str) -> str | None:
-    """Where the catalog table `name` lives, or None when there is no such table."""
+    """Where the catalog table `name` lives ("" when the engine does not say), or None when
+    there is no such table."""
     if not spark.catalog.tableExists(name):
         return None
     rows = spark.sql(f"DESCRIBE TABLE EXTENDED {name}").collect()
@@ -845,8 +846,9 @@ def register_tables(spark: SparkSession, tables: dict[str, str], schema: str) ->
         full, location = f"{schema}.{name}", _table_uri(path)
         bound = _table_location(spark, full)
         if bound is None:
-            spark.sql(f"CREATE TABLE IF NOT EXISTS {full} USING delta LOCATION '{location.replace(chr(39), chr(92) + chr(39))}'")
-        elif _table_uri(bound) != location:
+            quoted = location.replace("\\", "\\\\").replace("'", "\\'")
+            spark.sql(f"CREATE TABLE IF NOT EXISTS {full} USING delta LOCATION '{quoted}'")
+        elif bound and _table_uri(bound) != location:  # ("": an engine that does not say)
             raise ValueError(f"catalog table {full} already points at {bound}, not at {location}: "
                              "use another output.catalog_schema or drop that table")
         names[name] = full

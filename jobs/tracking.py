@@ -230,10 +230,9 @@ def _start(conf: dict, job: str, run_id: str) -> Tracker:
     store, why = resolve_store(conf)
     if store is None:
         raise RuntimeError(why)
-    # MLflow's own log handler would add a second format; its INFO lines (schema migrations)
-    # are noise in a job log.
+    # MLflow's own log handler would print in a second format (setup_logging keeps its INFO
+    # lines, schema migrations and the like, out of the job log).
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
-    logging.getLogger("mlflow").setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=store.uri)

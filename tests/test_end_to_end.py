@@ -315,6 +315,11 @@ def test_catalog_names_need_native_delta(spark, tmp_path, capsys):
     assert not (tmp_path / "lake").exists()
     assert main(flags[:-1] + ["main.seg-lake"]) == 2
     assert "catalog_schema" in capsys.readouterr().err
+    from jobs.assign import main as assign_main
+
+    assert assign_main([f for f in flags if f != "--no-events"]) == 2  # the assign job too, before its lock
+    assert "output.catalog_schema (main.seglake)" in capsys.readouterr().err
+    assert not (tmp_path / "lake").exists()
 
 
 def test_cli_errors(spark, tmp_path, capsys):
