@@ -75,5 +75,5 @@ def setup_logging(level: str = "INFO") -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(level.upper())
-    for noisy in ("py4j", "urllib3", "filelock", "mlflow"):
+    for noisy in ("py4j", "urllib3", "filelock", "mlflow", "alembic"):  # (alembic: MLflow's schema migrations)
         logging.getLogger(noisy).setLevel(logging.WARNING)
