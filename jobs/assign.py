@@ -285,9 +285,6 @@ def assign_batch(spark: SparkSession, conf: dict, texts: DataFrame | None, event
                 log.warning("drift against model run %s: %s; a re-fit is recommended (seglake-assign "
                             "--refit-if-drifted runs the full job)", model_run.run_id, "; ".join(res.refit_reasons))
         res.watermarks = watermarks
-        if conf["output"]["catalog_schema"]:
-            # (the full job named its tables; drift and assign_runs are this job's own)
-            delta_io.register_tables(spark, t, conf["output"]["catalog_schema"])
         _write_run_row(spark, t, res, mode, "succeeded", started, engine)
         return res
 
@@ -355,7 +352,16 @@ def run(spark: SparkSession, conf: dict, *, reassign_all: bool = False) -> Assig
     the output root's lock."""
     config.require_catalog_engine(conf, delta_io.resolve_engine(spark, conf["output"]["engine"]))
     with job_lock(spark, conf, "seglake-assign"):
-        return _run_batch(spark, conf, reassign_all)
+        res = _run_batch(spark, conf, reassign_all)
+        _register_tables(spark, conf)
+        return res
+
+
+def _register_tables(spark: SparkSession, conf: dict) -> None:
+    """output.catalog_schema: the root's tables by name (the full job named its own; drift and
+    assign_runs are this job's)."""
+    if conf["output"]["catalog_schema"]:
+        delta_io.register_tables(spark, tables(conf["output"]["root"]), conf["output"]["catalog_schema"])
 
 
 def _run_batch(spark: SparkSession, conf: dict, reassign_all: bool) -> AssignResult:
@@ -421,6 +427,8 @@ def _run_stream(spark: SparkSession, conf: dict) -> list[AssignResult]:
             # No watermark filter: the file source hands each file over exactly once.
             results.append(assign_batch(spark, conf, parts.get("texts"), parts.get("events"),
                                         f"{prefix}-{batch_id:06d}", model_run, mode="stream"))
+            if len(results) == 1:  # once per stream: the first batch has written every table there is
+                _register_tables(spark, conf)
         finally:
             batch.unpersist()
 

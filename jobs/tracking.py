@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -149,25 +150,29 @@ class Tracker:
             self._log_segment_run(conf, result)
         except Exception:  # noqa: BLE001 - the run itself succeeded
             log.exception("MLflow: could not log run %s (the job's tables are written)", result.run_id)
-            self.client.set_tag(self.run_id, "seglake.tracking_error", "logging failed, see the job log")
+            try:
+                self.client.set_tag(self.run_id, "seglake.tracking_error", "logging failed, see the job log")
+            except Exception:  # noqa: BLE001 - (the store itself may be what failed)
+                pass
         result.tracking = self.describe()
 
     def _log_segment_run(self, conf: dict, result: Any) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
-        now = _millis()
-        params = flatten({k: v for k, v in json.loads(config.snapshot(conf)).items() if k != "run_id"})
+        now = int(time.time() * 1000)
+        resolved = json.loads(config.snapshot(conf))
+        params = flatten({k: v for k, v in resolved.items() if k != "run_id"})
         self.client.log_batch(
             self.run_id,
             metrics=[Metric(key, value, now, step) for key, value, step in segment_metrics(result)],
             params=[Param(k, v) for k, v in sorted(params.items())],
             tags=[RunTag("seglake.output", result.output), RunTag("seglake.k", str(result.k))])
         self.client.log_dict(self.run_id, result.k_selection, "k_selection.json")
-        # Segment summaries without user ids or user texts: a tracking server is often readable
-        # by more people than the tables (the report, logged below, is the full profile).
+        # Per-segment numbers and terms, compact enough to compare runs by (the report, logged
+        # below, has the full profiles: representative texts and typical users too).
         self.client.log_dict(self.run_id, [{k: s.get(k) for k in SEGMENT_FIELDS} for s in result.segments],
                              "segments.json")
-        self.client.log_dict(self.run_id, json.loads(config.snapshot(conf)), "conf.json")
+        self.client.log_dict(self.run_id, resolved, "conf.json")
         if result.report_path:
             with _local_copy(result.report_path) as path:
                 self.client.log_artifact(self.run_id, path, "report")
@@ -282,9 +287,3 @@ def _version() -> str:
         return version("seglake")
     except PackageNotFoundError:  # (run from a checkout or a --py-files zip)
         return "unknown"
-
-
-def _millis() -> int:
-    import time
-
-    return int(time.time() * 1000)

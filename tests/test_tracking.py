@@ -70,7 +70,7 @@ def test_run_is_tracked_in_the_local_store(spark, tmp_path, tiny_model, monkeypa
     assert [f.path for f in client.list_artifacts(mr.info.run_id, "report")] == ["report/t1.html"]
     segs = mlflow.artifacts.load_dict(f"{art}/segments.json")
     assert sorted(s["size"] for s in segs) == sorted(s["size"] for s in res.segments)
-    assert not any("typical_users" in s or "representative_texts" in s for s in segs)  # no user data
+    assert set(segs[0]) == set(tracking.SEGMENT_FIELDS)  # the compact summary (the report has the rest)
     # (loading consults a tracking store: this one, not MLflow's default ./mlflow.db)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", res.tracking["uri"])
     loaded = mlflow.spark.load_model(f"{art}/model")
