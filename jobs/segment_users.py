@@ -175,20 +175,20 @@ def run(spark: SparkSession, conf: dict) -> RunResult:
     """The whole job on an existing session, holding the output root's lock (jobs/lock.py):
     a second run on the same root fails (or waits) before it writes anything."""
     run_id = conf["run_id"] or new_run_id()
-    config.require_catalog_engine(conf, delta_io.resolve_engine(spark, conf["output"]["engine"]))
+    engine = delta_io.resolve_engine(spark, conf["output"]["engine"])
+    config.require_catalog_engine(conf, engine)
     with job_lock(spark, conf, "seglake-segment", run_id), \
             tracking.tracked(conf, "seglake-segment", run_id) as tracker:
-        result = _run(spark, conf, run_id)
+        result = _run(spark, conf, run_id, engine)
         tracker.log_segment_run(conf, result)
         return result
 
 
-def _run(spark: SparkSession, conf: dict, run_id: str) -> RunResult:
+def _run(spark: SparkSession, conf: dict, run_id: str, engine: str) -> RunResult:
     started = datetime.now(timezone.utc)
     root = conf["output"]["root"].rstrip("/")
     tables = {t: f"{root}/{t}" for t in TABLES}
     table_names: dict[str, str] = {}
-    engine = delta_io.resolve_engine(spark, conf["output"]["engine"])
     timings: dict[str, float] = {}
     counts: dict[str, int] = {}
     reasons: dict[str, int] = {}
@@ -202,11 +202,11 @@ def _run(spark: SparkSession, conf: dict, run_id: str) -> RunResult:
 
     def record_failure(exc: BaseException) -> None:
         # Record the failure so readers can tell this run_id apart from a succeeded one.
-        _write_runs_row(spark, conf, unfinished(), started, "failed", engine, None, None, error=repr(exc)[:2000])
+        _write_runs_row(spark, conf, unfinished(), started, "failed", engine, None, error=repr(exc)[:2000])
 
     # A "running" row first: if the driver dies, readers (and seglake-assign) can tell that this
     # run started and never finished; the final row replaces it (same run_id partition).
-    _write_runs_row(spark, conf, unfinished(), started, "running", engine, None, None)
+    _write_runs_row(spark, conf, unfinished(), started, "running", engine, None)
     with run_scope(record_failure, f"run {run_id}") as keep:
         # Fail before any work when the model directory is missing (the executors would
         # otherwise each fail the same way, later, with a less direct error).
@@ -397,7 +397,7 @@ def _run(spark: SparkSession, conf: dict, run_id: str) -> RunResult:
                            embed_rate, seg_rows, quality, model_path=model_path, model=model,
                            table_names=table_names)
         result.report_path = _write_report(conf, result, started, projection)
-        _write_runs_row(spark, conf, result, started, "succeeded", engine, model_path, feature_params, watermarks)
+        _write_runs_row(spark, conf, result, started, "succeeded", engine, feature_params, watermarks)
         return result
 
 
@@ -526,12 +526,12 @@ def _reconcile(counts: dict[str, int], written: dict[str, int]) -> None:
 
 
 def _write_runs_row(spark: SparkSession, conf: dict, res: RunResult, started: datetime, status: str, engine: str,
-                    model_path: str | None, feature_params: dict | None, watermarks: dict | None = None,
+                    feature_params: dict | None, watermarks: dict | None = None,
                     error: str | None = None) -> None:
     row = {
         **_run_facts(conf, res, started), "status": status, "error": error, "conf": config.snapshot(conf),
         "k_selection": [{c: s.get(c) for c in K_COLUMNS} for s in res.k_selection],
-        "model_path": model_path, "report_path": res.report_path,
+        "model_path": res.model_path, "report_path": res.report_path,
         "feature_params": json.dumps(feature_params) if feature_params is not None else None,
         "embed_model_id": embed_model_id(conf["embed"]) if status == "succeeded" else None,
         **(watermarks or {"texts_watermark": None, "events_watermark": None}),
