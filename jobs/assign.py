@@ -46,7 +46,7 @@ from jobs.history import history_rows
 from jobs.lock import job_lock
 from jobs.profile import user_terms
 from jobs.segment_users import new_run_id, preflight, run_cli, run_scope, stage
-from jobs.session import LOG_LEVELS, build_session, setup_logging
+from jobs.session import LOG_LEVELS, DeltaUnavailable, build_session, setup_logging
 from jobs.user_vectors import STATE_COLUMNS, combine_state, features, user_state
 
 log = logging.getLogger("seglake.assign")
@@ -515,7 +515,11 @@ def main(argv: list[str] | None = None) -> int:
     except (config.ConfigError, ValueError) as exc:
         print(f"seglake-assign: configuration error: {exc}", file=sys.stderr)
         return 2
-    spark = build_session({**conf["spark"], "app_name": "seglake-assign"})
+    try:
+        spark = build_session({**conf["spark"], "app_name": "seglake-assign"}, conf["output"]["engine"])
+    except DeltaUnavailable as exc:
+        print(f"seglake-assign: configuration error: {exc}", file=sys.stderr)
+        return 2
     results, code = run_cli("seglake-assign", lambda: run_stream(spark, conf) if args.stream
                             else [run(spark, conf, reassign_all=args.reassign_all)])
     if code:

@@ -98,9 +98,10 @@ DEFAULTS: dict[str, Any] = {
     },
     # lock: one run at a time per output root (a second one fails, or waits lock_wait_s seconds).
     # catalog_schema: also name the tables in this catalog schema (e.g. Unity Catalog main.seglake);
-    # needs the native engine.
+    # needs the native engine. change_data_feed: Delta's Change Data Feed on user_segments, so
+    # downstream readers can read only the rows that changed since a version.
     "output": {"root": "lakehouse", "engine": "auto", "report": True, "lock": True, "lock_wait_s": 0,
-               "catalog_schema": None},
+               "catalog_schema": None, "change_data_feed": False},
     # seglake-assign: new texts/events since the last watermark, assigned with a saved model.
     "assign": {
         "texts": {"path": None, "format": "csv", "options": {}},
@@ -338,6 +339,7 @@ def validate(conf: dict, job: str = "segment") -> None:
     _check(isinstance(tc["log_model"], bool), "tracking.log_model", "must be true or false")
     _check(isinstance(conf["output"]["report"], bool), "output.report", "must be true or false")
     _check(isinstance(conf["output"]["lock"], bool), "output.lock", "must be true or false")
+    _check(isinstance(conf["output"]["change_data_feed"], bool), "output.change_data_feed", "must be true or false")
     lw = conf["output"]["lock_wait_s"]
     _check(isinstance(lw, (int, float)) and not isinstance(lw, bool) and lw >= 0, "output.lock_wait_s",
            f"must be a number of seconds >= 0, got {lw!r}")

@@ -17,6 +17,7 @@ Python daemon forks the workers that import this module to run the Parquet write
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import time
@@ -32,6 +33,8 @@ from pyarrow import fs as pafs
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DataType, MapType, StringType, StructField, StructType
+
+log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "native", "delta-rs")
 
@@ -70,6 +73,13 @@ _BAD_ROW_MARK = "SEGLAKE_DELTA_IO_BAD_RUN_ID_ROW"
 # Reader features that Spark's plain Parquet reader honours when given the log's file list.
 _PARQUET_SAFE_READER_FEATURES = frozenset({"timestampNtz", "v2Checkpoint", "vacuumProtocolCheck"})
 
+# Set on every table SegLake creates, whatever the session's defaults (Databricks can turn deletion
+# vectors on for new tables): delta-rs, which seglake-explain and the fallback writer use, cannot
+# read a table with the deletionVectors feature (tests/test_delta_spark.py checks each reader).
+CREATE_PROPERTIES = {"delta.enableDeletionVectors": "false"}
+# Change Data Feed, for tables whose readers want only what changed since a version.
+CDF_PROPERTIES = {"delta.enableChangeDataFeed": "true"}
+
 _DELTA_CATALOG_SUFFIX = "delta.catalog.DeltaCatalog"
 _DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 
@@ -85,6 +95,55 @@ class DeltaSchemaMismatch(ValueError):
             + "; ".join(differences)
             + " (nothing was committed; evolve the table explicitly)"
         )
+
+
+class DeltaConflict(RuntimeError):
+    """Another writer committed to the table at the same time, and this commit was not (or could
+    no longer be) retried: nothing of it landed. Rerunning the job or batch completes it."""
+
+    def __init__(self, path: str, operation: str, cause: BaseException, attempts: int) -> None:
+        self.path = path
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
+        tried = f" after {attempts} attempts" if attempts > 1 else ""
+        super().__init__(f"another writer committed to the Delta table {path} at the same time; this {operation} "
+                         f"did not land{tried} ({first}); rerun it")
+
+
+# Optimistic-concurrency failures, as delta-spark (class names, error classes) and delta-rs word them.
+_CONFLICT_MARKS = (
+    "ConcurrentAppendException", "ConcurrentDeleteReadException", "ConcurrentDeleteDeleteException",
+    "ConcurrentTransactionException", "ConcurrentWriteException", "MetadataChangedException",
+    "ProtocolChangedException", "DELTA_CONCURRENT_", "DELTA_METADATA_CHANGED", "DELTA_PROTOCOL_CHANGED",
+    "CommitFailedError", "Transaction failed: Version", "version already exists",
+)
+COMMIT_ATTEMPTS = 5
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """True for a commit that lost a race with another writer (retryable where the commit's
+    content does not depend on what the other writer changed)."""
+    names = {t.__name__ for t in type(exc).__mro__}
+    text = f"{names} {exc}"
+    return any(mark in text for mark in _CONFLICT_MARKS)
+
+
+def _committing(path: str, operation: str, commit: Callable[[], Any], retry: bool) -> Any:
+    """Run `commit`; on a lost race retry it (up to COMMIT_ATTEMPTS, with a short jittered back-off)
+    when `retry`, else, or when attempts run out, raise DeltaConflict."""
+    import random
+
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        try:
+            return commit()
+        except Exception as exc:  # noqa: BLE001 - only conflicts are handled, the rest re-raised
+            if not is_conflict(exc):
+                raise
+            if not retry or attempt == COMMIT_ATTEMPTS:
+                raise DeltaConflict(path, operation, exc, attempt) from exc
+            log.warning("%s on %s lost a race with another writer (%s); retrying (attempt %d of %d)", operation,
+                        path, type(exc).__name__, attempt + 1, COMMIT_ATTEMPTS)
+            time.sleep(random.uniform(0.2, 1.0) * attempt)
+    raise AssertionError("unreachable")
 
 
 class NativeDeltaRequired(RuntimeError):
@@ -505,7 +564,8 @@ def _check_existing(dt: Any, path: str, data_schema: StructType, partition_by: s
 
 
 def _prepare_existing_delta_rs(uri: str, path: str, delta_schema: Any, partition_by: str | None,
-                               add_new_columns: bool = True, check_partitioning: bool = True) -> bool:
+                               add_new_columns: bool = True, check_partitioning: bool = True,
+                               properties: dict[str, str] | None = None) -> bool:
     """Evolve (additively) and check the table before anything is written; False if there is none."""
     from deltalake import DeltaTable
 
@@ -523,11 +583,18 @@ def _prepare_existing_delta_rs(uri: str, path: str, delta_schema: Any, partition
         dt = DeltaTable(uri)
     # Checked before any file is written; the notes saw mismatches committed silently.
     _check_existing(dt, path, data_schema, partition_by, check_partitioning)
+    missing = _missing_properties(dt.metadata().configuration or {}, properties)
+    if missing:
+        dt.alter.set_table_properties(missing)  # e.g. CDF switched on for an existing table
     return True
 
 
+def _missing_properties(current: dict[str, str], wanted: dict[str, str] | None) -> dict[str, str]:
+    return {k: v for k, v in (wanted or {}).items() if str(current.get(k, "")).lower() != v.lower()}
+
+
 def _write_delta_rs(df: DataFrame, path: str, partition_by: str | None, run_id: str | None,
-                    add_new_columns: bool = True) -> int:
+                    add_new_columns: bool = True, properties: dict[str, str] | None = None) -> int:
     """Executors write Parquet, the driver commits once: replaces run `run_id`'s partition, or the
     whole table when `run_id` is None."""
     from deltalake import DeltaTable
@@ -538,7 +605,7 @@ def _write_delta_rs(df: DataFrame, path: str, partition_by: str | None, run_id: 
     arrow_schema = _arrow_schema(df.schema)
     delta_schema = DeltaSchema.from_arrow(arrow_schema)
     data_schema = _delta_schema_as_spark(delta_schema)
-    existed = _prepare_existing_delta_rs(uri, path, delta_schema, partition_by, add_new_columns)
+    existed = _prepare_existing_delta_rs(uri, path, delta_schema, partition_by, add_new_columns, properties=properties)
 
     if partition_by and run_id is None:
         # Rows of one partition value next to each other: one open file per task at a time.
@@ -571,7 +638,8 @@ def _write_delta_rs(df: DataFrame, path: str, partition_by: str | None, run_id: 
 
     if not existed:
         try:
-            create_table_with_add_actions(uri, delta_schema, actions, mode="error", partition_by=parts)
+            create_table_with_add_actions(uri, delta_schema, actions, mode="error", partition_by=parts,
+                                          configuration={**CREATE_PROPERTIES, **(properties or {})})
             return n_rows
         except Exception:
             if not DeltaTable.is_deltatable(uri):
@@ -593,7 +661,7 @@ def _write_delta_rs(df: DataFrame, path: str, partition_by: str | None, run_id: 
 
 
 def _merge_delta_rs(df: DataFrame, path: str, partition_by: str | None, predicate: str,
-                    update_condition: str | None) -> dict[str, int | None]:
+                    update_condition: str | None, properties: dict[str, str] | None = None) -> dict[str, int | None]:
     from deltalake import DeltaTable, write_deltalake
     from deltalake import Schema as DeltaSchema
 
@@ -601,14 +669,15 @@ def _merge_delta_rs(df: DataFrame, path: str, partition_by: str | None, predicat
     arrow_schema = _arrow_schema(df.schema)
     delta_schema = DeltaSchema.from_arrow(arrow_schema)
     existed = _prepare_existing_delta_rs(
-        uri, path, delta_schema, partition_by, check_partitioning=partition_by is not None
+        uri, path, delta_schema, partition_by, check_partitioning=partition_by is not None, properties=properties
     )
     # The source comes to the driver: delta-rs merges in this process. The cast makes every field
     # nullable and timestamps UTC, as in the files the executors write.
     source = df.toArrow().cast(arrow_schema)
     if not existed:
         try:
-            write_deltalake(uri, source, mode="error", partition_by=[partition_by] if partition_by else None)
+            write_deltalake(uri, source, mode="error", partition_by=[partition_by] if partition_by else None,
+                            configuration={**CREATE_PROPERTIES, **(properties or {})})
             return {"inserted": source.num_rows, "updated": 0}
         except Exception:
             if not DeltaTable.is_deltatable(uri):
@@ -707,15 +776,40 @@ def _delta_path_sql(path: str) -> str:
     return "delta.`" + path.replace("`", "``") + "`"
 
 
-def _write_native(df: DataFrame, path: str, partition_by: str | None, run_id: str | None,
-                  add_new_columns: bool = True) -> int:
-    """Replaces run `run_id`'s partition (replaceWhere), or the whole table when it is None."""
-    spark = df.sparkSession
-    existing = _native_schema_or_none(spark, path)
+def _native_writer(df: DataFrame, path: str, partition_by: str | None, existing: StructType | None,
+                   properties: dict[str, str] | None):
+    """df.write for Delta: a new table gets SegLake's and the caller's properties (writer options
+    become table properties at creation); an existing one gets missing caller properties first."""
     writer = df.write.format("delta")
     if partition_by:
         writer = writer.partitionBy(partition_by)
-    if existing is not None and _native_merge_schema(existing, df, path, add_new_columns):
+    if existing is None:
+        for key, value in {**CREATE_PROPERTIES, **(properties or {})}.items():
+            writer = writer.option(key, value)
+    else:
+        _set_missing_properties_native(df.sparkSession, path, properties)
+    return writer
+
+
+def _set_missing_properties_native(spark: SparkSession, path: str, properties: dict[str, str] | None) -> None:
+    if not properties:
+        return
+    current = spark.sql(f"DESCRIBE DETAIL {_delta_path_sql(path)}").first()["properties"] or {}
+    missing = _missing_properties(dict(current), properties)
+    if missing:
+        pairs = ", ".join(f"'{k}' = '{v}'" for k, v in missing.items())  # (our own constant keys and values)
+        spark.sql(f"ALTER TABLE {_delta_path_sql(path)} SET TBLPROPERTIES ({pairs})")
+
+
+def _write_native(df: DataFrame, path: str, partition_by: str | None, run_id: str | None,
+                  add_new_columns: bool = True, properties: dict[str, str] | None = None) -> int:
+    """Replaces run `run_id`'s partition (replaceWhere), or the whole table when it is None."""
+    spark = df.sparkSession
+    existing = _native_schema_or_none(spark, path)
+    if existing is not None:
+        add_columns = _native_merge_schema(existing, df, path, add_new_columns)  # raises on other changes
+    writer = _native_writer(df, path, partition_by, existing, properties)
+    if existing is not None and add_columns:
         writer = writer.option("mergeSchema", "true")  # additive evolution only
     if run_id is None:
         # static: the whole table, even where the session sets dynamic partition overwrite.
@@ -732,13 +826,12 @@ def _write_native(df: DataFrame, path: str, partition_by: str | None, run_id: st
 
 
 def _merge_native(df: DataFrame, path: str, partition_by: str | None, predicate: str,
-                  update_condition: str | None, source_rows: int) -> dict[str, int | None]:
+                  update_condition: str | None, source_rows: int,
+                  properties: dict[str, str] | None = None) -> dict[str, int | None]:
     spark = df.sparkSession
     existing = _native_schema_or_none(spark, path)
     if existing is None:
-        writer = df.write.format("delta")
-        if partition_by:
-            writer = writer.partitionBy(partition_by)
+        writer = _native_writer(df, path, partition_by, None, properties)
         try:
             # "error" (if exists): a table another job created meanwhile is merged into, not
             # appended to. (Spark Connect clients refuse the "errorifexists" spelling.)
@@ -755,6 +848,7 @@ def _merge_native(df: DataFrame, path: str, partition_by: str | None, predicate:
         # the older rows' missing values as 0, not null).
         empty = spark.createDataFrame([], _strip_nullability(df.schema))
         empty.write.format("delta").mode("append").option("mergeSchema", "true").save(path)
+    _set_missing_properties_native(spark, path, properties)
     view = f"seglake_merge_source_{uuid.uuid4().hex}"
     df.createTempView(view)
     matched = f"WHEN MATCHED AND ({update_condition}) THEN" if update_condition else "WHEN MATCHED THEN"
@@ -787,7 +881,7 @@ def _check_partition_column(df: DataFrame, partition_by: str) -> None:
 
 def write_run(
     df: DataFrame, path: str, run_id: str, *, engine: str = "auto", partition_by: str = "run_id",
-    add_new_columns: bool = True,
+    add_new_columns: bool = True, properties: dict[str, str] | None = None,
 ) -> int:
     """Atomically replace run `run_id`'s rows in the Delta table at `path` with `df`.
 
@@ -797,16 +891,21 @@ def write_run(
     differs from the existing table's. With `add_new_columns`, columns that df has and the
     table lacks are added to the table first (nullable; earlier rows read them as null):
     that is how a newer SegLake writes into tables of an older one. Missing or retyped
-    columns are always refused.
+    columns are always refused. `properties` (e.g. CDF_PROPERTIES) are table properties: set at
+    creation, and added to an existing table that lacks them (one extra commit, once).
+    A commit that loses a race with another writer is retried
+    (COMMIT_ATTEMPTS); DeltaConflict when it keeps losing.
     """
     _check_run_id(run_id)
     _check_partition_column(df, partition_by)
-    if resolve_engine(df.sparkSession, engine) == "native":
-        return _write_native(df, path, partition_by, run_id, add_new_columns)
-    return _write_delta_rs(df, path, partition_by, run_id, add_new_columns)
+    write = _write_native if resolve_engine(df.sparkSession, engine) == "native" else _write_delta_rs
+    # A lost race is retried: the commit replaces only this run's rows, whatever the other wrote.
+    return _committing(path, f"write of run {run_id}",
+                       lambda: write(df, path, partition_by, run_id, add_new_columns, properties), retry=True)
 
 
-def overwrite_table(df: DataFrame, path: str, *, engine: str = "auto", partition_by: str | None = None) -> int:
+def overwrite_table(df: DataFrame, path: str, *, engine: str = "auto", partition_by: str | None = None,
+                    properties: dict[str, str] | None = None) -> int:
     """Replace the whole Delta table at `path` with `df` in one commit; returns rows written.
 
     Creates the table if missing (partitioned by `partition_by`, or not at all); older versions
@@ -816,9 +915,8 @@ def overwrite_table(df: DataFrame, path: str, *, engine: str = "auto", partition
     """
     if partition_by is not None:
         _check_partition_column(df, partition_by)
-    if resolve_engine(df.sparkSession, engine) == "native":
-        return _write_native(df, path, partition_by, None)
-    return _write_delta_rs(df, path, partition_by, None)
+    write = _write_native if resolve_engine(df.sparkSession, engine) == "native" else _write_delta_rs
+    return _committing(path, "overwrite", lambda: write(df, path, partition_by, None, True, properties), retry=True)
 
 
 def _table_location(spark: SparkSession, name: str) -> str | None:
@@ -906,6 +1004,7 @@ def _check_merge_source(df: DataFrame, keys: list[str], partition_values: dict[s
 def merge(
     df: DataFrame, path: str, keys: list[str], *, engine: str = "auto", partition_by: str | None = None,
     update_condition: str | None = None, partition_values: dict[str, str] | None = None,
+    properties: dict[str, str] | None = None,
 ) -> dict[str, int | None]:
     """Upsert `df` into the Delta table at `path` (MERGE) on the columns `keys`, in one commit.
 
@@ -921,16 +1020,21 @@ def merge(
     delta-rs runs the MERGE on the driver (the source is collected as Arrow): fine for
     incremental batches locally; clusters use the native engine (MERGE INTO in Spark).
     Returns {"inserted", "updated", "source_rows"}; a count is None where the engine does
-    not report it.
+    not report it. A MERGE that loses a race with another writer raises DeltaConflict (not
+    retried: the source may have been computed from the table as it was before that commit).
     """
     if partition_by is not None:
         _check_partition_column(df, partition_by)
     predicate = _merge_predicate(df, keys, partition_values)
     source_rows = _check_merge_source(df, keys, partition_values)
     if resolve_engine(df.sparkSession, engine) == "native":
-        counts = _merge_native(df, path, partition_by, predicate, update_condition, source_rows)
+        commit = lambda: _merge_native(df, path, partition_by, predicate, update_condition, source_rows,  # noqa: E731
+                                       properties)
     else:
-        counts = _merge_delta_rs(df, path, partition_by, predicate, update_condition)
+        commit = lambda: _merge_delta_rs(df, path, partition_by, predicate, update_condition, properties)  # noqa: E731
+    # Not retried: the source was computed from the table as it was (e.g. a user's state combined
+    # with their stored one), so merging it over another writer's commit could undo that commit.
+    counts = _committing(path, "MERGE", commit, retry=False)
     return {**counts, "source_rows": source_rows}
 
 

@@ -38,7 +38,7 @@ from jobs.history import history_rows
 from jobs.lock import LockError, job_lock
 from jobs.clean import prepare_events, prepare_texts, rules
 from jobs.embed import embed_cached, embed_model_id, embed_texts
-from jobs.session import LOG_LEVELS, build_session, setup_logging
+from jobs.session import LOG_LEVELS, DeltaUnavailable, build_session, setup_logging
 from jobs.user_vectors import STATE_COLUMNS, build_user_vectors, user_state
 from udfs.embedding import resolve_model_path
 
@@ -573,7 +573,7 @@ def run_cli(prog: str, job: Callable[[], object]) -> tuple[object, int]:
     except ingest.InputError as exc:
         print(f"{prog}: input error: {exc}", file=sys.stderr)
         return None, 3
-    except LockError as exc:
+    except (LockError, delta_io.DeltaConflict) as exc:  # the output is in use by another writer
         print(f"{prog}: {exc}", file=sys.stderr)
         return None, 4
     except config.ConfigError as exc:  # (the checks that need the session: engine, models' run)
@@ -590,7 +590,11 @@ def main(argv: list[str] | None = None) -> int:
     except (config.ConfigError, ValueError) as exc:
         print(f"seglake-segment: configuration error: {exc}", file=sys.stderr)
         return 2
-    spark = build_session(conf["spark"])
+    try:
+        spark = build_session(conf["spark"], conf["output"]["engine"])
+    except DeltaUnavailable as exc:
+        print(f"seglake-segment: configuration error: {exc}", file=sys.stderr)
+        return 2
     result, code = run_cli("seglake-segment", lambda: run(spark, conf))
     if code:
         return code

@@ -8,6 +8,10 @@ import sys
 from pyspark import SparkConf
 from pyspark.sql import SparkSession
 
+from jobs import delta_jars
+
+log = logging.getLogger(__name__)
+
 # Defaults that matter for the embed stage; a profile's spark.conf overrides them.
 BASE_CONF = {
     "spark.sql.session.timeZone": "UTC",
@@ -33,9 +37,43 @@ def local_env() -> None:
         os.environ.setdefault(key, value)
 
 
-def build_session(spark_conf: dict) -> SparkSession:
+def with_delta(settings: dict[str, str], jars: list[str]) -> dict[str, str]:
+    """`settings` plus what native Delta needs: the jars, the SQL extension and the catalog
+    (kept beside any extensions or jars the profile already names), and SegLake's table defaults."""
+    out = {**delta_jars.TABLE_DEFAULTS, **settings}
+    listed = [j for j in out.get("spark.jars", "").split(",") if j]
+    out["spark.jars"] = ",".join(listed + [j for j in jars if j not in listed])
+    extensions = [e for e in out.get("spark.sql.extensions", "").split(",") if e]
+    if delta_jars.DELTA_EXTENSION not in extensions:
+        extensions.append(delta_jars.DELTA_EXTENSION)
+    out["spark.sql.extensions"] = ",".join(extensions)
+    out["spark.sql.catalog.spark_catalog"] = delta_jars.DELTA_CATALOG
+    return out
+
+
+def _delta_settings(settings: dict[str, str], engine: str) -> dict[str, str]:
+    """For a session this process starts: native Delta unless the engine is delta-rs. With
+    `auto`, jars that cannot be had mean delta-rs, said in one log line; `native` then fails."""
+    if engine == "delta-rs" or delta_jars.DELTA_EXTENSION in settings.get("spark.sql.extensions", ""):
+        return settings
+    jars, why = delta_jars.ensure()
+    if jars:
+        return with_delta(settings, jars)
+    if engine == "native":
+        raise DeltaUnavailable(f"output.engine is native but the Delta jars cannot be had: {why}")
+    log.warning("native Delta is unavailable, writing with delta-rs instead: %s", why)
+    return settings
+
+
+class DeltaUnavailable(RuntimeError):
+    """engine native was asked for and the Delta jars cannot be had (a configuration error)."""
+
+
+def build_session(spark_conf: dict, engine: str = "auto") -> SparkSession:
     """Get or create the session. A master set by spark-submit, Databricks or an existing
-    session wins over the conf's `master`, which only applies to plain `python -m` runs."""
+    session wins over the conf's `master`, which only applies to plain `python -m` runs.
+    A session started here gets native Delta (jobs/delta_jars.py) unless `engine` is delta-rs;
+    spark-submit.sh passes the same to sessions that spark-submit starts."""
     if "PYSPARK_PYTHON" not in os.environ:
         # Without it, Python workers start the system interpreter and miss the venv.
         os.environ["PYSPARK_PYTHON"] = sys.executable
@@ -48,6 +86,8 @@ def build_session(spark_conf: dict) -> SparkSession:
     if active is None and not submitted and not SparkConf().contains("spark.master") and spark_conf.get("master"):
         builder = builder.master(spark_conf["master"])
     settings = {**BASE_CONF, **{str(k): str(v) for k, v in (spark_conf.get("conf") or {}).items()}}
+    if active is None and not submitted and not os.environ.get("DATABRICKS_RUNTIME_VERSION"):
+        settings = _delta_settings(settings, engine)
     for key, value in settings.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

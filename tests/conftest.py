@@ -34,12 +34,34 @@ def local_conf(base: dict, **over) -> dict:
     return config.load(str(ROOT / "conf" / "local.yaml"), base)
 
 
+# Tests run where the job runs: on Spark with delta-spark (the Delta jars from the cache that
+# `make venv` fills; resolved from Maven on first use otherwise).
+DELTA_TEST_CONF = {
+    # Delta reconstructs a table's state in this many tasks (50 by default): the tests' tables are tiny.
+    "spark.databricks.delta.snapshotPartitions": "2",
+}
+
+
+def delta_settings() -> dict[str, str]:
+    """What a test session needs for native Delta: jars, extension, catalog, SegLake's defaults."""
+    from jobs import delta_jars
+    from jobs.session import with_delta
+
+    jars, why = delta_jars.ensure()
+    if not jars:
+        pytest.exit(f"the tests need the Delta jars: {why}", returncode=3)
+    return with_delta(DELTA_TEST_CONF, jars)
+
+
 @pytest.fixture(scope="session")
 def spark():
     from pyspark.sql import SparkSession
 
+    builder = SparkSession.builder
+    for key, value in delta_settings().items():
+        builder = builder.config(key, value)
     session = (
-        SparkSession.builder.master("local[2]")
+        builder.master("local[2]")
         .appName("seglake-tests")
         .config("spark.sql.shuffle.partitions", "4")
         .config("spark.default.parallelism", "4")

@@ -1,4 +1,6 @@
-"""Tests for jobs.delta_io: the delta-rs engine on local Spark, the native engine against Sail."""
+"""Tests for jobs.delta_io: each API test runs on both engines (native: Spark + delta-spark, the
+job's default; delta-rs: the fallback writer), each table cross-checked through the other
+engine's reader; the native branch also runs against Sail, a third, independent engine."""
 
 from __future__ import annotations
 
@@ -41,6 +43,21 @@ REPO = Path(__file__).resolve().parents[1]
 BASIC = "run_id string, user_id long, name string, score double"
 
 
+@pytest.fixture(params=["native", "delta-rs"])
+def engine(request, monkeypatch) -> str:
+    """Run the test with `auto` resolving to this engine (delta_io's functions read it at call time)."""
+    real = delta_io.resolve_engine
+    monkeypatch.setattr(delta_io, "resolve_engine",
+                        lambda spark, engine="auto": request.param if engine == "auto" else real(spark, engine))
+    return request.param
+
+
+def _commits(engine: str, native: int, delta_rs: int) -> int:
+    """Commits a step takes: native Delta evolves the schema inside the data commit (mergeSchema),
+    the delta-rs writer commits the new columns first."""
+    return native if engine == "native" else delta_rs
+
+
 def _basic_df(spark: SparkSession, run_id: str, n: int, offset: int = 0):
     rows = [(run_id, offset + i, f"user{offset + i}", (offset + i) / 2) for i in range(n)]
     return spark.createDataFrame(rows, BASIC)
@@ -79,7 +96,7 @@ def _log_adds(path: str) -> list[dict]:
     return adds
 
 
-def test_create_and_read_back(spark, tmp_path):
+def test_create_and_read_back(spark, engine, tmp_path):
     path = str(tmp_path / "t")
     assert not table_exists(path)
     assert write_run(_basic_df(spark, "r1", 5).repartition(2), path, "r1") == 5
@@ -100,7 +117,7 @@ def test_create_and_read_back(spark, tmp_path):
     assert all(a["partitionValues"] == {"run_id": "r1"} for a in adds)
 
 
-def test_rerun_replaces_and_keeps_other_runs(spark, tmp_path):
+def test_rerun_replaces_and_keeps_other_runs(spark, engine, tmp_path):
     path = str(tmp_path / "t")
     write_run(_basic_df(spark, "r1", 4), path, "r1")
     write_run(_basic_df(spark, "r2", 3, offset=100), path, "r2")
@@ -122,7 +139,7 @@ def test_rerun_replaces_and_keeps_other_runs(spark, tmp_path):
     assert back.where(F.col("run_id") == "007").count() == 1
 
 
-def test_zero_rows(spark, tmp_path):
+def test_zero_rows(spark, engine, tmp_path):
     path = str(tmp_path / "t")
     empty = spark.createDataFrame([], BASIC)
     assert write_run(empty, path, "r1") == 0
@@ -152,7 +169,7 @@ def test_zero_rows(spark, tmp_path):
     ],
     ids=["extra", "missing", "type"],
 )
-def test_schema_mismatch_commits_nothing(spark, tmp_path, change, expected):
+def test_schema_mismatch_commits_nothing(spark, engine, tmp_path, change, expected):
     path = str(tmp_path / "t")
     write_run(_basic_df(spark, "r1", 3), path, "r1")
     before = sorted(p.relative_to(path) for p in Path(path).rglob("*"))
@@ -169,13 +186,13 @@ def test_schema_mismatch_commits_nothing(spark, tmp_path, change, expected):
     assert write_run(reordered, path, "r2") == 2
 
 
-def test_new_columns_are_added_explicitly(spark, tmp_path):
+def test_new_columns_are_added_explicitly(spark, engine, tmp_path):
     """A newer writer adds a column: the table gains it (nullable), older rows read null."""
     path = str(tmp_path / "t")
     write_run(_basic_df(spark, "r1", 3), path, "r1")
     newer = _basic_df(spark, "r2", 2).withColumn("extra", F.lit(7).cast("long"))
     assert write_run(newer, path, "r2") == 2
-    assert _version(path) == 2  # one schema commit, one data commit
+    assert _version(path) == _commits(engine, native=1, delta_rs=2)  # (+ a schema commit with delta-rs)
     rows = {(r["run_id"], r["extra"]) for r in _delta_rows(path)}
     assert rows == {("r1", None), ("r2", 7)}
     back = read_table(spark, path).groupBy("run_id").agg(F.max("extra").alias("m")).orderBy("run_id").collect()
@@ -187,7 +204,7 @@ def test_new_columns_are_added_explicitly(spark, tmp_path):
         write_run(newer.withColumn("extra", F.lit("x")), path, "r2")
 
 
-def test_schema_is_nullable(spark, tmp_path):
+def test_schema_is_nullable(spark, engine, tmp_path):
     from deltalake import DeltaTable
 
     schema = StructType(
@@ -214,7 +231,7 @@ def test_schema_is_nullable(spark, tmp_path):
     assert [tuple(r) for r in got] == [("r2", None, None, None)]
 
 
-def test_nested_and_timestamp_round_trip(spark, tmp_path):
+def test_nested_and_timestamp_round_trip(spark, engine, tmp_path):
     from deltalake import DeltaTable
 
     path = str(tmp_path / "t")
@@ -264,7 +281,7 @@ def test_stats(spark, tmp_path):
     rows = [("r1", i, "x" * 40 if i == 3 else f"u{i}", i / 3, None) for i in range(10)]
     rows.append(("r1", None, None, None, None))
     df = spark.createDataFrame(rows, "run_id string, n long, s string, d double, t timestamp")
-    assert write_run(df.coalesce(1), path, "r1") == 11
+    assert write_run(df.coalesce(1), path, "r1", engine="delta-rs") == 11
     (add,) = _log_adds(path)
     stats = json.loads(add["stats"])
     assert stats["numRecords"] == 11
@@ -275,14 +292,14 @@ def test_stats(spark, tmp_path):
         [("r2", 5, "bb", {"a": 1}), ("r2", 2, "ab", None), ("r2", 9, "c", {"a": 3})],
         "run_id string, n long, s string, st struct<a:int>",
     )
-    write_run(short.coalesce(1), str(tmp_path / "t2"), "r2")
+    write_run(short.coalesce(1), str(tmp_path / "t2"), "r2", engine="delta-rs")
     (add,) = _log_adds(str(tmp_path / "t2"))
     stats = json.loads(add["stats"])
     assert stats["minValues"] == {"n": 2, "s": "ab"} and stats["maxValues"] == {"n": 9, "s": "c"}
     assert stats["nullCount"] == {"n": 0, "s": 0}  # struct columns: absent rather than malformed
 
     # Several files: numRecords adds up to the rows written.
-    write_run(short.repartition(3), str(tmp_path / "t3"), "r2")
+    write_run(short.repartition(3), str(tmp_path / "t3"), "r2", engine="delta-rs")
     adds = _log_adds(str(tmp_path / "t3"))
     assert sum(json.loads(a["stats"])["numRecords"] for a in adds) == 3
 
@@ -307,7 +324,7 @@ def test_writer_rolls_files_and_skips_empty_tasks(tmp_path):
     assert len(list((tmp_path / "run_id=r1").iterdir())) == 3
 
 
-def test_read_table_uses_the_log(spark, tmp_path):
+def test_read_table_uses_the_log(spark, engine, tmp_path):
     path = str(tmp_path / "t")
     write_run(_basic_df(spark, "r1", 3), path, "r1")
     old_files = list(Path(path, "run_id=r1").glob("*.parquet"))
@@ -329,7 +346,7 @@ def test_read_table_non_hive_layout(spark, tmp_path):
     schema = Schema.from_arrow(pa.schema([("run_id", pa.string()), ("n", pa.int64())]))
     add = AddAction("flat.parquet", (path / "flat.parquet").stat().st_size, {"run_id": "r9"}, 0, True, '{"numRecords":2}')
     create_table_with_add_actions(str(path), schema, [add], partition_by=["run_id"])
-    got = sorted(tuple(r) for r in read_table(spark, str(path)).collect())
+    got = sorted(tuple(r) for r in read_table(spark, str(path), engine="delta-rs").collect())
     assert got == [("r9", 1), ("r9", 2)]
 
 
@@ -341,10 +358,10 @@ def test_features_needing_native_delta(spark, tmp_path):
         path = str(tmp_path / name)
         DeltaTable.create(path, schema, partition_by=["run_id"], configuration=conf)
         with pytest.raises(NativeDeltaRequired, match="native Delta is needed"):
-            read_table(spark, path)
+            read_table(spark, path, engine="delta-rs")
         df = spark.createDataFrame([("r1", 1)], "run_id string, n long")
         with pytest.raises(NativeDeltaRequired):
-            write_run(df, path, "r1")
+            write_run(df, path, "r1", engine="delta-rs")
 
 
 class _FakeConf:
@@ -362,7 +379,7 @@ class _FakeSpark:
 
 def test_resolve_engine(spark, monkeypatch):
     monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION", raising=False)
-    assert resolve_engine(spark) == "delta-rs"  # plain local Spark: no Delta jars
+    assert resolve_engine(spark) == "native"  # the tests' session carries the Delta jars and settings
     assert resolve_engine(spark, "native") == "native"
     assert resolve_engine(spark, "delta-rs") == "delta-rs"
     ext = {"spark.sql.extensions": "foo.Bar,io.delta.sql.DeltaSparkSessionExtension"}
@@ -384,7 +401,7 @@ def test_bad_run_id_rejected(spark, tmp_path, run_id):
     assert not (tmp_path / "t").exists()
 
 
-def test_rows_must_carry_the_run_id(spark, tmp_path):
+def test_rows_must_carry_the_run_id(spark, engine, tmp_path):
     path = str(tmp_path / "t")
     write_run(_basic_df(spark, "r1", 2), path, "r1")
     mixed = _basic_df(spark, "r2", 2).union(_basic_df(spark, "r1", 1, offset=9))
@@ -412,7 +429,7 @@ def test_writer_partitions_by_value_or_not_at_all(tmp_path):
     assert (tmp_path / "u" / f["path"]).is_file()
 
 
-def test_overwrite_table_and_time_travel(spark, tmp_path):
+def test_overwrite_table_and_time_travel(spark, engine, tmp_path):
     path = str(tmp_path / "t")
     write_run(_basic_df(spark, "r1", 3), path, "r1")
     write_run(_basic_df(spark, "r2", 2, offset=100), path, "r2")
@@ -447,7 +464,7 @@ def test_overwrite_table_and_time_travel(spark, tmp_path):
 VECTORS = "user_id string, vec array<double>, weights map<string,double>, n_events long, updated_at timestamp"
 
 
-def test_overwrite_table_unpartitioned(spark, tmp_path):
+def test_overwrite_table_unpartitioned(spark, engine, tmp_path):
     from deltalake import DeltaTable
 
     path = str(tmp_path / "user_vectors")
@@ -463,7 +480,7 @@ def test_overwrite_table_unpartitioned(spark, tmp_path):
     # A newer writer adds a column: added to the table first, then the whole table replaced.
     second = spark.createDataFrame([("u3", [2.0], {"b": 0.25}, 7, ts, "m1")], VECTORS + ", model_id string")
     assert overwrite_table(second, path) == 1
-    assert table_version(spark, path) == 2  # schema commit + data commit
+    assert table_version(spark, path) == _commits(engine, native=1, delta_rs=2)  # (+ a schema commit with delta-rs)
     (row,) = read_table(spark, path).collect()
     assert (row.user_id, row.vec, row.weights, row.n_events, row.model_id) == ("u3", [2.0], {"b": 0.25}, 7, "m1")
     assert row.updated_at.replace(tzinfo=None) == ts.replace(tzinfo=None)
@@ -483,7 +500,7 @@ def _table_rows(path: str) -> list[tuple]:
     return sorted((r["run_id"], r["user_id"], r["name"], r["last_batch"]) for r in _delta_rows(path))
 
 
-def test_merge_creates_missing_table(spark, tmp_path):
+def test_merge_creates_missing_table(spark, engine, tmp_path):
     from deltalake import DeltaTable
 
     path = str(tmp_path / "t")
@@ -494,7 +511,7 @@ def test_merge_creates_missing_table(spark, tmp_path):
     assert _table_rows(path) == [("r1", 1, "a", "b1"), ("r1", 2, "b", "b1")]
 
 
-def test_merge_upserts(spark, tmp_path):
+def test_merge_upserts(spark, engine, tmp_path):
     path = str(tmp_path / "t")
     overwrite_table(_merge_df(spark, [("r1", 1, "a", "b1"), ("r1", 2, "b", "b1"), ("r1", 3, "c", "b1")]), path)
     source = _merge_df(spark, [("r1", 2, "B", "b2"), ("r1", 4, "d", "b2")])
@@ -504,7 +521,7 @@ def test_merge_upserts(spark, tmp_path):
     assert _table_rows(path) == [("r1", 1, "a", "b1"), ("r1", 2, "B", "b2"), ("r1", 3, "c", "b1"), ("r1", 4, "d", "b2")]
 
 
-def test_merge_update_condition_is_idempotent(spark, tmp_path):
+def test_merge_update_condition_is_idempotent(spark, engine, tmp_path):
     path = str(tmp_path / "t")
     overwrite_table(_merge_df(spark, [("r1", 1, "a", "b1"), ("r1", 2, "b", None), ("r1", 3, "c", "b2")]), path)
     cond = "t.last_batch <> s.last_batch OR t.last_batch IS NULL"
@@ -520,7 +537,7 @@ def test_merge_update_condition_is_idempotent(spark, tmp_path):
     assert read_table(spark, path, version=version).count() == 4
 
 
-def test_merge_partition_values(spark, tmp_path):
+def test_merge_partition_values(spark, engine, tmp_path):
     path = str(tmp_path / "t")
     rows = [("r1", 1, "a", "b1"), ("r2", 1, "x", "b1"), ("r2", 5, "y", "b1")]
     merge(_merge_df(spark, rows), path, ["run_id", "user_id"], partition_by="run_id")
@@ -545,14 +562,14 @@ def test_merge_partition_values(spark, tmp_path):
     ],
     ids=["injection", "empty", "not-a-string", "bad-name", "bad-key", "no-keys"],
 )
-def test_merge_bad_arguments_rejected(spark, tmp_path, partition_values, keys, match):
+def test_merge_bad_arguments_rejected(spark, engine, tmp_path, partition_values, keys, match):
     path = str(tmp_path / "t")
     with pytest.raises(ValueError, match=match):
         merge(_merge_df(spark, [("r1", 1, "a", "b1")]), path, keys, partition_values=partition_values)
     assert not table_exists(path)
 
 
-def test_merge_duplicate_keys_rejected(spark, tmp_path):
+def test_merge_duplicate_keys_rejected(spark, engine, tmp_path):
     path = str(tmp_path / "t")
     overwrite_table(_merge_df(spark, [("r1", 1, "a", "b1")]), path)
     source = _merge_df(spark, [("r1", 1, "A", "b2"), ("r1", 7, "x", "b2"), ("r1", 7, "y", "b2")])
@@ -563,7 +580,7 @@ def test_merge_duplicate_keys_rejected(spark, tmp_path):
     assert table_version(spark, path) == 0
 
 
-def test_merge_adds_new_columns(spark, tmp_path):
+def test_merge_adds_new_columns(spark, engine, tmp_path):
     path = str(tmp_path / "t")
     overwrite_table(_merge_df(spark, [("r1", 1, "a", "b1"), ("r1", 2, "b", "b1")]), path)
     newer = _merge_df(spark, [("r1", 2, "B", "b2"), ("r1", 3, "c", "b2")]).withColumn("score", F.lit(0.5))
