@@ -801,6 +801,18 @@ def _set_missing_properties_native(spark: SparkSession, path: str, properties: d
         spark.sql(f"ALTER TABLE {_delta_path_sql(path)} SET TBLPROPERTIES ({pairs})")
 
 
+def _check_native_partitioning(spark: SparkSession, path: str, partition_by: str | None) -> None:
+    """Raise before writing when the table is partitioned otherwise (Delta would keep its own
+    partitioning and write anyway)."""
+    try:
+        parts = list(spark.sql(f"DESCRIBE DETAIL {_delta_path_sql(path)}").first()["partitionColumns"])
+    except Exception:  # noqa: BLE001 - engines without DESCRIBE DETAIL (Sail): Delta's own checks apply
+        return
+    expected = [partition_by] if partition_by else []
+    if parts != expected:
+        raise ValueError(f"Delta table at {path!r} is partitioned by {parts}, not {expected}")
+
+
 def _write_native(df: DataFrame, path: str, partition_by: str | None, run_id: str | None,
                   add_new_columns: bool = True, properties: dict[str, str] | None = None) -> int:
     """Replaces run `run_id`'s partition (replaceWhere), or the whole table when it is None."""
@@ -808,19 +820,36 @@ def _write_native(df: DataFrame, path: str, partition_by: str | None, run_id: st
     existing = _native_schema_or_none(spark, path)
     if existing is not None:
         add_columns = _native_merge_schema(existing, df, path, add_new_columns)  # raises on other changes
+        _check_native_partitioning(spark, path, partition_by)
     writer = _native_writer(df, path, partition_by, existing, properties)
     if existing is not None and add_columns:
         writer = writer.option("mergeSchema", "true")  # additive evolution only
     if run_id is None:
+        if partition_by:
+            # Partition values become folder names: the same rule as run ids (one pass over df;
+            # whole-table overwrites of partitioned tables are rare).
+            values = [r[0] for r in df.select(partition_by).distinct().collect()]
+            bad = [v for v in values if not isinstance(v, str) or not RUN_ID_RE.fullmatch(v)]
+            if bad:
+                raise ValueError(f"invalid {partition_by} values: {bad[:5]} (partition values must be non-null "
+                                 f"and match {RUN_ID_RE.pattern})")
         # static: the whole table, even where the session sets dynamic partition overwrite.
         writer.mode("overwrite").option("partitionOverwriteMode", "static").save(path)
         return spark.read.format("delta").load(path).count()
-    if existing is None:
-        # New table: append creates it. (Sail rejects replaceWhere on a missing table, and if
-        # another job created the table meanwhile, append cannot wipe its runs as overwrite would.)
-        writer.mode("append").save(path)
-    else:
-        writer.mode("overwrite").option("replaceWhere", f"`{partition_by}` = '{run_id}'").save(path)
+    # replaceWhere, also for a new table: Delta checks every written row against the predicate
+    # inside the write (no second pass over df), and a table another job created meanwhile keeps
+    # its other runs. (Sail rejects replaceWhere on a missing table: there, append creates it.)
+    where = f"`{partition_by}` = '{run_id}'"
+    try:
+        writer.mode("overwrite").option("replaceWhere", where).save(path)
+    except Exception as exc:  # noqa: BLE001 - translated or re-raised
+        text = str(exc)
+        if "DELTA_REPLACE_WHERE_MISMATCH" in text or "DELTA_VIOLATE_CONSTRAINT" in text:
+            raise ValueError(f"every row must carry {partition_by}={run_id!r}: rows of other runs in the data for "
+                             f"{path} (nothing was committed)") from None
+        if existing is not None or _native_schema_or_none(spark, path) is not None or is_conflict(exc):
+            raise
+        writer.mode("append").save(path)  # an engine without replaceWhere on a missing table
     # Count from the committed partition instead of df.count(): no second pass over df's lineage.
     return spark.read.format("delta").load(path).where(F.col(partition_by) == run_id).count()
 
