@@ -12,11 +12,16 @@
 #   --job NAME       segment (default) or assign
 #   --dry-run        print the spark-submit command instead of running it
 #   --python PATH    Python for the driver and executors (default: .venv/bin/python if present)
+#   --no-delta       the cluster provides Delta itself (its image or spark-defaults): add nothing
 #   --python-env ARCHIVE
 #                    a packed Python environment (tar.gz, e.g. made by venv-pack or conda-pack)
 #                    shipped with --archives; executors (and, in cluster mode, the driver) run
 #                    ./environment/bin/python from it. Without it, every node needs the packages
 #                    at the same path (a cluster image).
+# Delta: unless the engine (the profile's output.engine, or --engine) is delta-rs, the Delta jars
+# (seglake-delta-jars' cache: --jars, nothing resolved at submit time; not cached: --packages
+# io.delta:...) and the two session settings Delta needs are added. With engine auto, jars that
+# cannot be had mean the job writes with delta-rs (one line says so).
 # The conf profile's spark.conf settings are passed as --conf (static ones like spark.task.cpus
 # or spark.task.resource.gpu.amount only work at submit time); --conf key=value flags given here
 # come later and win.
@@ -38,6 +43,8 @@ python_bin=""
 conf_file=""
 python_env=""
 entry="segment_users.py"
+delta=1
+engine_flag=""
 
 # spark-submit options that take a value.
 spark_opts=" --master --deploy-mode --class --name --jars --packages --exclude-packages --repositories
@@ -57,6 +64,9 @@ while [ $# -gt 0 ]; do
       shift 2 ;;
     --python) python_bin="$2"; shift 2 ;;
     --python-env) python_env="$2"; shift 2 ;;
+    --no-delta) delta=0; shift ;;
+    --engine) engine_flag="$2"; job_args+=("$1" "$2"); shift 2 ;;
+    --engine=*) engine_flag="${1#--engine=}"; job_args+=("$1"); shift ;;
     --master) master="$2"; shift 2 ;;
     --deploy-mode) deploy_mode="$2"; spark_args+=("$1" "$2"); shift 2 ;;
     --conf)
@@ -114,6 +124,36 @@ PY
   else job_args=("--conf" "$conf_file" "${job_args[@]}"); fi
 fi
 
+# The Delta engine: --engine, else the profile's output.engine, else auto.
+engine="$engine_flag"
+if [ -z "$engine" ] && [ -n "$conf_file" ]; then
+  engine="$("$python_bin" - "$conf_file" <<'PY'
+import sys, yaml
+with open(sys.argv[1], encoding="utf-8") as fh:
+    print(((yaml.safe_load(fh) or {}).get("output") or {}).get("engine") or "auto")
+PY
+)" || engine=""
+fi
+engine="${engine:-auto}"
+delta_conf=()
+if [ "$delta" -eq 1 ] && [ "$engine" != "delta-rs" ]; then
+  jars="$(cd "$here" && "$python_bin" -m jobs.delta_jars --cached-only 2>/dev/null)" || jars=""
+  if [ -z "$jars" ] && [ "$dry_run" -eq 0 ] && [ "$engine" = "auto" ]; then
+    # Not cached yet: resolve now (Maven Central); where that fails, the job uses delta-rs.
+    jars="$(cd "$here" && "$python_bin" -m jobs.delta_jars 2>/tmp/seglake-delta-jars.err)" || {
+      echo "spark-submit.sh: native Delta unavailable ($(tail -n 1 /tmp/seglake-delta-jars.err)): the job writes with delta-rs" >&2
+      jars=""; delta=0; }
+  fi
+  if [ "$delta" -eq 1 ]; then
+    if [ -n "$jars" ]; then delta_conf=(--jars "$jars")
+    else delta_conf=(--packages "$(cd "$here" && "$python_bin" -c 'from jobs.delta_jars import coordinate; print(coordinate())')")
+    fi
+    delta_conf+=(--conf spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension
+                 --conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog
+                 --conf spark.databricks.delta.properties.defaults.enableDeletionVectors=false)
+  fi
+fi
+
 env_conf=()
 if [ -n "$python_env" ]; then
   [ "$dry_run" -eq 1 ] || [ -f "$python_env" ] || { echo "spark-submit.sh: --python-env archive not found: $python_env" >&2; exit 2; }
@@ -149,6 +189,7 @@ cmd=("$submit" --master "$master"
      --conf spark.executorEnv.HF_HUB_OFFLINE=1
      --conf spark.executorEnv.TOKENIZERS_PARALLELISM=false
      --py-files "$pyfiles"
+     ${delta_conf[@]+"${delta_conf[@]}"}
      ${profile_conf[@]+"${profile_conf[@]}"}
      ${env_conf[@]+"${env_conf[@]}"}
      ${spark_args[@]+"${spark_args[@]}"}

@@ -279,7 +279,8 @@ def assign_batch(spark: SparkSession, conf: dict, texts: DataFrame | None, event
                 delta_io.write_run(_drift_row(spark, res, model_run), t["drift"], run_id, engine=engine)
                 crash_point("after_history", run_id)
                 delta_io.merge(rows, t["user_segments"], ["run_id", "user_id"], engine=engine, partition_by="run_id",
-                               partition_values={"run_id": model_run.run_id})
+                               partition_values={"run_id": model_run.run_id},
+                               properties=delta_io.user_segments_properties(conf))
                 crash_point("after_user_segments", run_id)
             if res.refit_reasons:
                 log.warning("drift against model run %s: %s; a re-fit is recommended (seglake-assign "

@@ -80,6 +80,13 @@ CREATE_PROPERTIES = {"delta.enableDeletionVectors": "false"}
 # Change Data Feed, for tables whose readers want only what changed since a version.
 CDF_PROPERTIES = {"delta.enableChangeDataFeed": "true"}
 
+
+
+def user_segments_properties(conf: dict) -> dict[str, str]:
+    """Table properties of user_segments under the conf (CDF when output.change_data_feed)."""
+    return dict(CDF_PROPERTIES) if conf["output"]["change_data_feed"] else {}
+
+
 _DELTA_CATALOG_SUFFIX = "delta.catalog.DeltaCatalog"
 _DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 

@@ -359,7 +359,8 @@ def _run(spark: SparkSession, conf: dict, run_id: str, engine: str) -> RunResult
             # Readers take only runs whose runs row says succeeded, which is written last.
             written = {
                 "quarantine": delta_io.write_run(quarantine, tables["quarantine"], run_id, engine=engine),
-                "user_segments": delta_io.write_run(user_segments, tables["user_segments"], run_id, engine=engine),
+                "user_segments": delta_io.write_run(user_segments, tables["user_segments"], run_id, engine=engine,
+                                                    properties=delta_io.user_segments_properties(conf)),
             }
             crash_point("after_user_segments", run_id)
             written.update({

@@ -91,6 +91,14 @@ def build_session(spark_conf: dict, engine: str = "auto") -> SparkSession:
     for key, value in settings.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
+    if (active is not None or submitted) and engine != "delta-rs" and not os.environ.get("DATABRICKS_RUNTIME_VERSION") \
+            and delta_jars.DELTA_EXTENSION not in spark.conf.get("spark.sql.extensions", ""):
+        # A session we did not start: spark-submit.sh or the host decided; say what follows.
+        why = f"this Spark session has no Delta (spark.sql.extensions lacks {delta_jars.DELTA_EXTENSION})"
+        if engine == "native":
+            raise DeltaUnavailable(f"output.engine is native but {why}; submit with spark-submit.sh, "
+                                   "or --packages " + delta_jars.coordinate())
+        log.warning("%s: writing with delta-rs", why)
     if active is not None:
         # An existing session (Databricks, notebooks, tests) keeps its static settings;
         # runtime SQL settings can still be applied.

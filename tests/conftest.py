@@ -1,6 +1,7 @@
 """Shared fixtures: one local[2] SparkSession for the whole run, and a tiny random BERT."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def local_conf(base: dict, **over) -> dict:
 # `make venv` fills; resolved from Maven on first use otherwise).
 DELTA_TEST_CONF = {
     # Delta reconstructs a table's state in this many tasks (50 by default): the tests' tables are tiny.
-    "spark.databricks.delta.snapshotPartitions": "2",
+    "spark.databricks.delta.snapshotPartitions": "1",
 }
 
 
@@ -58,13 +59,15 @@ def spark():
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder
-    for key, value in delta_settings().items():
-        builder = builder.config(key, value)
+    # SEGLAKE_TEST_SESSION=plain: a session without Delta, to compare the engines' costs.
+    if os.environ.get("SEGLAKE_TEST_SESSION") != "plain":
+        for key, value in delta_settings().items():
+            builder = builder.config(key, value)
     session = (
         builder.master("local[2]")
         .appName("seglake-tests")
-        .config("spark.sql.shuffle.partitions", "4")
-        .config("spark.default.parallelism", "4")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.default.parallelism", "2")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.session.timeZone", "UTC")

@@ -112,3 +112,31 @@ def test_real_local_run_through_spark_submit(tmp_path, tiny_model):
     assert len(us) == 10 and us.segment_id.nunique() == 2
     q = DeltaTable(str(out / "quarantine")).to_pandas()
     assert list(q.reason) == ["missing_user_id"]
+
+
+DELTA_CONFS = ("spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension",
+               "spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog")
+
+
+def test_dry_run_adds_delta_for_native_and_auto():
+    from jobs import delta_jars
+
+    jars = delta_jars.cached_jars()
+    assert jars, "make venv fills the Delta jar cache"
+    # Local (auto): the cached jars, nothing to resolve at submit time, and Delta's two settings.
+    spark, confs, _ = _split(_dry("--conf", "conf/local.yaml", "--texts", "t.csv"))
+    assert spark[spark.index("--jars") + 1].split(",") == jars and "--packages" not in spark
+    assert all(c in confs for c in DELTA_CONFS)
+    # A cluster profile asks for native Delta: same; without a cache it would pass --packages.
+    spark, confs, _ = _split(_dry("--master", "yarn", "--conf", "conf/cluster.yaml", "--texts", "t"))
+    assert "--jars" in spark and all(c in confs for c in DELTA_CONFS)
+    env = {**os.environ, "SEGLAKE_DELTA_JARS_DIR": "/nonexistent/seglake-jars"}
+    out = subprocess.run([SCRIPT, "--dry-run", "--master", "yarn", "--conf", "conf/cluster.yaml", "--texts", "t"],
+                         capture_output=True, text=True, check=True, env=env).stdout
+    spark, confs, _ = _split(shlex.split(out))
+    assert spark[spark.index("--packages") + 1] == delta_jars.coordinate() and "--jars" not in spark
+    # delta-rs (flag or profile), or a cluster that brings its own Delta: nothing added.
+    for extra in (["--engine", "delta-rs"], ["--no-delta"]):
+        spark, confs, job = _split(_dry("--master", "yarn", "--conf", "conf/cluster.yaml", *extra, "--texts", "t"))
+        assert "--jars" not in spark and "--packages" not in spark and not any(c in confs for c in DELTA_CONFS)
+    assert job[-2:] == ["--texts", "t"] and "--no-delta" not in job

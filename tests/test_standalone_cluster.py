@@ -102,3 +102,8 @@ def test_job_runs_on_a_standalone_cluster(standalone, tmp_path, tiny_model):
     # the driver: the worker's work dir holds the application's executor directory.
     executor_logs = list(work.glob("app-*/*/stderr"))
     assert executor_logs and any("Running task" in p.read_text(errors="replace") for p in executor_logs)
+    # Written with delta-spark: spark-submit.sh shipped the cached Delta jars to the executors.
+    for table in ("user_segments", "segments", "runs"):
+        assert DeltaTable(str(out / table)).history(1)[0]["engineInfo"].startswith("Apache-Spark/"), table
+    assert "writing to" in proc.stderr and "with the native Delta writer" in proc.stderr
+    assert any(p.name.startswith("io.delta_delta-spark") for p in work.glob("app-*/*/*.jar"))
