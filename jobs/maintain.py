@@ -76,15 +76,23 @@ def _vacuum(spark, path: str, engine: str, retain_hours: float | None, allow_sho
     if engine == "native":
         from delta.tables import DeltaTable
 
+        # VACUUM lists the table in spark.sql.sources.parallelPartitionDiscovery.parallelism tasks
+        # (10,000 by default): minutes of empty tasks on a small cluster. A table's folders are
+        # its run partitions, so a few tasks per core list them.
+        listing = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
+        settings = {listing: str(max(8, 4 * spark.sparkContext.defaultParallelism))}
         if allow_short:
-            spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
+            settings["spark.databricks.delta.retentionDurationCheck.enabled"] = "false"
+        saved = {k: spark.conf.get(k, None) for k in settings}
+        for k, v in settings.items():
+            spark.conf.set(k, v)
         try:
             before = _storage_files(path)
             DeltaTable.forPath(spark, path).vacuum(retain_hours)  # None: the table's own retention
             return max(0, before - _storage_files(path))
         finally:
-            if allow_short:
-                spark.conf.unset("spark.databricks.delta.retentionDurationCheck.enabled")
+            for k, v in saved.items():
+                spark.conf.unset(k) if v is None else spark.conf.set(k, v)
     from deltalake import DeltaTable
 
     removed = DeltaTable(delta_io._table_uri(path)).vacuum(

@@ -460,8 +460,14 @@ def test_catalog_registration_in_a_local_metastore(tmp_path):
 def test_maintain_compacts_small_files_and_vacuums_safely(spark, tmp_path, engine):
     root = tmp_path / "lake"
     path = str(root / "drift")
-    for i in range(4):  # many small commits, as assign runs and streams leave them
-        merge(_rows(spark, "r1", 40, offset=40 * i).repartition(3), path, ["user_id"], engine=engine)
+    for i in range(4):  # many small commits into one partition, as assign runs and streams leave them
+        df = _rows(spark, "r1", 40, offset=40 * i).repartition(3)
+        if engine == "native":
+            df.write.format("delta").mode("append").partitionBy("run_id").save(path)
+        else:
+            from deltalake import write_deltalake
+
+            write_deltalake(path, df.toArrow(), mode="append", partition_by=["run_id"])
     before = sorted(r.user_id for r in read_table(spark, path, engine=engine).collect())
     (res,) = maintain.maintain(spark if engine == "native" else None, str(root), optimize=True, engine=engine)
     assert res.files_before > res.files_after == 1 and res.files_compacted == res.files_before
