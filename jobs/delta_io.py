@@ -784,7 +784,7 @@ def _delta_path_sql(path: str) -> str:
 
 
 def _native_writer(df: DataFrame, path: str, partition_by: str | None, existing: StructType | None,
-                   properties: dict[str, str] | None):
+                   properties: dict[str, str] | None, detail: Any = None):
     """df.write for Delta: a new table gets SegLake's and the caller's properties (writer options
     become table properties at creation); an existing one gets missing caller properties first."""
     writer = df.write.format("delta")
@@ -794,27 +794,37 @@ def _native_writer(df: DataFrame, path: str, partition_by: str | None, existing:
         for key, value in {**CREATE_PROPERTIES, **(properties or {})}.items():
             writer = writer.option(key, value)
     else:
-        _set_missing_properties_native(df.sparkSession, path, properties)
+        _set_missing_properties_native(df.sparkSession, path, properties, detail)
     return writer
 
 
-def _set_missing_properties_native(spark: SparkSession, path: str, properties: dict[str, str] | None) -> None:
+def _native_detail(spark: SparkSession, path: str) -> Any:
+    """DESCRIBE DETAIL's row (partition columns, properties), or None on engines without it (Sail).
+    It reconstructs the table's state: callers fetch it once per write."""
+    try:
+        return spark.sql(f"DESCRIBE DETAIL {_delta_path_sql(path)}").first()
+    except Exception:  # noqa: BLE001 - Sail: Delta's own checks apply
+        return None
+
+
+def _set_missing_properties_native(spark: SparkSession, path: str, properties: dict[str, str] | None,
+                                   detail: Any = None) -> None:
     if not properties:
         return
-    current = spark.sql(f"DESCRIBE DETAIL {_delta_path_sql(path)}").first()["properties"] or {}
+    detail = detail if detail is not None else spark.sql(f"DESCRIBE DETAIL {_delta_path_sql(path)}").first()
+    current = detail["properties"] or {}
     missing = _missing_properties(dict(current), properties)
     if missing:
         pairs = ", ".join(f"'{k}' = '{v}'" for k, v in missing.items())  # (our own constant keys and values)
         spark.sql(f"ALTER TABLE {_delta_path_sql(path)} SET TBLPROPERTIES ({pairs})")
 
 
-def _check_native_partitioning(spark: SparkSession, path: str, partition_by: str | None) -> None:
+def _check_native_partitioning(detail: Any, path: str, partition_by: str | None) -> None:
     """Raise before writing when the table is partitioned otherwise (Delta would keep its own
-    partitioning and write anyway)."""
-    try:
-        parts = list(spark.sql(f"DESCRIBE DETAIL {_delta_path_sql(path)}").first()["partitionColumns"])
-    except Exception:  # noqa: BLE001 - engines without DESCRIBE DETAIL (Sail): Delta's own checks apply
+    partitioning and write anyway). `detail`: _native_detail's row (None: not checked)."""
+    if detail is None:
         return
+    parts = list(detail["partitionColumns"])
     expected = [partition_by] if partition_by else []
     if parts != expected:
         raise ValueError(f"Delta table at {path!r} is partitioned by {parts}, not {expected}")
@@ -825,10 +835,12 @@ def _write_native(df: DataFrame, path: str, partition_by: str | None, run_id: st
     """Replaces run `run_id`'s partition (replaceWhere), or the whole table when it is None."""
     spark = df.sparkSession
     existing = _native_schema_or_none(spark, path)
+    detail = None
     if existing is not None:
         add_columns = _native_merge_schema(existing, df, path, add_new_columns)  # raises on other changes
-        _check_native_partitioning(spark, path, partition_by)
-    writer = _native_writer(df, path, partition_by, existing, properties)
+        detail = _native_detail(spark, path)
+        _check_native_partitioning(detail, path, partition_by)
+    writer = _native_writer(df, path, partition_by, existing, properties, detail)
     if existing is not None and add_columns:
         writer = writer.option("mergeSchema", "true")  # additive evolution only
     if run_id is None:
