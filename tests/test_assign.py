@@ -16,7 +16,9 @@ from jobs import assign, delta_io, drift, faults
 from jobs.history import read_history, segment_at
 from jobs.segment_users import run as full_run
 from jobs.user_vectors import user_state
-from tests.conftest import local_conf
+from tests.conftest import local_conf, subprocess_profile
+
+pytestmark = pytest.mark.e2e  # whole job runs (tests/conftest.py: tiers)
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = {
@@ -286,7 +288,7 @@ def test_cli(spark, tiny_model, full_lake, tmp_path, capsys):
 
 
 def _assign_cli(lake: Path, tiny_model: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "jobs.assign", "--conf", str(ROOT / "conf" / "local.yaml"), "--output", str(lake),
+    cmd = [sys.executable, "-m", "jobs.assign", "--conf", subprocess_profile(), "--output", str(lake),
            "--model-path", tiny_model, *args]
     return subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True,
                           timeout=600)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from tests.conftest import subprocess_profile
 from pyspark.sql import functions as F
 
 from jobs import assign, delta_io, delta_jars, maintain
@@ -89,7 +91,7 @@ def test_auto_falls_back_to_delta_rs_and_native_refuses(tmp_path, tiny_model):
     assert len(lines) == 1 and "not cached" in lines[0]
 
     texts = _csv(tmp_path / "t.csv", "user_id,text", ["u1,hello there"])
-    cli = subprocess.run([sys.executable, "-m", "jobs.segment_users", "--conf", str(ROOT / "conf" / "local.yaml"),
+    cli = subprocess.run([sys.executable, "-m", "jobs.segment_users", "--conf", subprocess_profile(),
                           "--texts", texts, "--no-events", "--output", str(tmp_path / "lake"), "--engine", "native",
                           "--model-path", tiny_model], cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env={**os.environ, **env})

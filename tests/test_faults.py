@@ -17,7 +17,9 @@ from jobs import assign, faults, ingest
 from jobs.explain import latest_succeeded_run
 from jobs.lock import LOCK_NAME, LockError, output_lock
 from jobs.segment_users import run
-from tests.conftest import local_conf
+from tests.conftest import local_conf, subprocess_profile
+
+pytestmark = pytest.mark.e2e  # whole job runs (tests/conftest.py: tiers)
 
 ROOT = Path(__file__).resolve().parents[1]
 PHRASES = {"a": ["great dress fit soft fabric", "nice shirt size fit"],
@@ -47,7 +49,7 @@ def _conf(lake: Path, texts: str, tiny_model: str, **over) -> dict:
 
 def _cli(lake: Path, texts: str, tiny_model: str, run_id: str, *, env: dict | None = None,
          conf_file: Path | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "jobs.segment_users", "--conf", str(conf_file or ROOT / "conf" / "local.yaml"),
+    cmd = [sys.executable, "-m", "jobs.segment_users", "--conf", str(conf_file or subprocess_profile()),
            "--texts", texts, "--no-events", "--output", str(lake), "--model-path", tiny_model, "--k", "2",
            "--run-id", run_id]
     return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
@@ -141,8 +143,7 @@ def test_two_runs_at_once_and_task_failures(spark, tmp_path, tiny_model):
     clean in-process run."""
     lake = tmp_path / "lake"
     texts = _texts(tmp_path / "in" / "texts.csv")
-    conf_file = tmp_path / "retry.yaml"
-    conf_file.write_text((ROOT / "conf" / "local.yaml").read_text().replace("master: local[2]", "master: local[2,4]"))
+    conf_file = Path(subprocess_profile(master="local[2,4]"))
     assert "local[2,4]" in conf_file.read_text()
     env = {faults.FAIL_ENV: "embed"}
     procs = {rid: _cli(lake, texts, tiny_model, rid, env=env, conf_file=conf_file) for rid in ("p1", "p2")}
