@@ -88,6 +88,7 @@ def build_session(spark_conf: dict, engine: str = "auto") -> SparkSession:
     settings = {**BASE_CONF, **{str(k): str(v) for k, v in (spark_conf.get("conf") or {}).items()}}
     if active is None and not submitted and not os.environ.get("DATABRICKS_RUNTIME_VERSION"):
         settings = _delta_settings(settings, engine)
+        settings = with_log4j2(settings)
     for key, value in settings.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
@@ -101,14 +102,38 @@ def build_session(spark_conf: dict, engine: str = "auto") -> SparkSession:
         log.warning("%s: writing with delta-rs", why)
     if active is not None:
         # An existing session (Databricks, notebooks, tests) keeps its static settings;
-        # runtime SQL settings can still be applied.
+        # runtime SQL settings can still be applied: the profile's always, SegLake's defaults
+        # (BASE_CONF) only where the host did not set that key itself.
+        host = spark.sparkContext.getConf()
+        profile = {str(k) for k in (spark_conf.get("conf") or {})}
         for key, value in settings.items():
+            if key not in profile and key in BASE_CONF and host.contains(key):
+                continue
             if key.startswith("spark.sql."):
                 try:
                     spark.conf.set(key, value)
                 except Exception:  # noqa: BLE001 - static or locked settings stay as they are
                     pass
     return spark
+
+
+def log4j2_file() -> str | None:
+    """SegLake's log4j2 configuration (conf/log4j2.properties), or $SEGLAKE_LOG4J2's; None
+    when neither is there (an installed wheel without the repo: Spark's defaults apply)."""
+    path = os.environ.get("SEGLAKE_LOG4J2") or os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), "conf", "log4j2.properties")
+    return path if os.path.isfile(path) else None
+
+
+def with_log4j2(settings: dict[str, str]) -> dict[str, str]:
+    """`settings` plus the driver option that loads `log4j2_file()`, for a driver JVM this
+    process starts (local mode). A profile's own spark.driver.extraJavaOptions is kept as is."""
+    path = log4j2_file()
+    if path is None or "log4j2.configurationFile" in settings.get("spark.driver.extraJavaOptions", ""):
+        return settings
+    option = f"-Dlog4j2.configurationFile=file:{path}"
+    extra = settings.get("spark.driver.extraJavaOptions")
+    return {**settings, "spark.driver.extraJavaOptions": f"{extra} {option}" if extra else option}
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
