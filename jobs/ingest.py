@@ -44,6 +44,38 @@ def read_source(spark: SparkSession, path: str, fmt: str, options: dict | None =
         return spark.read.options(**options).table(path)
     if is_local_path(path) and not os.path.exists(path):
         raise InputError(f"{name} input not found: {path}")
+    try:
+        return _read_files(spark, path, fmt, options, engine, name)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Spark's reader errors: a file that is not in that format
+        if not _is_read_error(exc):
+            raise
+        raise InputError(f"{name} input {path} cannot be read as {fmt}: {_first_line(exc)}") from None
+
+
+def _is_read_error(exc: BaseException) -> bool:
+    """Spark's errors for files it cannot read in the given format (a CSV read as Parquet:
+    'is not a Parquet file', a footer it cannot read), as opposed to a failing cluster."""
+    from pyspark.errors import PySparkException
+    from py4j.protocol import Py4JJavaError
+
+    text = str(exc)
+    return isinstance(exc, (PySparkException, Py4JJavaError)) and any(
+        m in text for m in ("CANNOT_READ_FILE_FOOTER", "not a Parquet file", "UNABLE_TO_INFER_SCHEMA",
+                            "FAILED_READ_FILE", "CANNOT_READ_FILE", "Could not read footer", "magic number"))
+
+
+def _first_line(exc: BaseException) -> str:
+    """The Java exception's own message (py4j puts "An error occurred while calling oNN..." first)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.startswith("\tat ")]
+    for ln in lines:
+        if "Exception: " in ln:
+            return ln.split("Exception: ", 1)[1][:300]
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+def _read_files(spark: SparkSession, path: str, fmt: str, options: dict, engine: str, name: str) -> DataFrame:
     if fmt == "csv":
         opts = {"header": "true", "multiLine": "true", "escape": '"', **options}
         schema = _string_schema(spark.read.options(**opts).csv(path).columns)

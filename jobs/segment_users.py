@@ -275,6 +275,13 @@ def _run(spark: SparkSession, conf: dict, run_id: str, engine: str) -> RunResult
             counts["users"], counts["users_text_only"], counts["users_events_only"] = (
                 int(urow["n"]), int(urow["text_only"] or 0), int(urow["events_only"] or 0))
             facts["users"] = counts["users"]
+            # A user's mistake, found as soon as users are counted (not after the clustering).
+            if cc["k"] != "auto" and cc["k"] > counts["users"]:
+                raise config.ConfigError(f"--k / cluster.k is {cc['k']}, more than the {counts['users']} users "
+                                         f"in the input; use a smaller k or 'auto'")
+            if cc["k"] == "auto" and cc["k_min"] > counts["users"] - 1:
+                raise config.ConfigError(f"--k auto sweeps k from cluster.k_min={cc['k_min']}, which needs more than "
+                                         f"the {counts['users']} users in the input; lower cluster.k_min or give --k")
 
         with stage("cluster", timings) as facts:
             k_scores: list[dict] = []
@@ -287,8 +294,6 @@ def _run(spark: SparkSession, conf: dict, run_id: str, engine: str) -> RunResult
                     users, cc["k_min"], cc["k_max"], n_users=counts["users"], sample_size=cc["sample_size"],
                     tolerance=cc["k_tolerance"], **common)
                 keep(sample)  # (already persisted by the sweep: released with the rest)
-            if k > counts["users"]:
-                raise ValueError(f"k={k} is larger than the number of users ({counts['users']})")
             if model is None:  # the sweep's model is reused when it already saw every user
                 model = cluster.fit_on_sample(users, k, n_users=counts["users"],
                                               sample_size=cc["fit_sample_size"], **common)
@@ -559,6 +564,9 @@ def preflight(conf: dict) -> None:
     usable and, with pseudonymous ids, the key can be read (a Databricks secret scope is
     read later, on the driver, as it needs the session)."""
     resolve_model_path(conf["embed"]["model_path"])
+    root = conf["output"]["root"]
+    if ingest.is_local_path(root) and os.path.exists(root) and not os.path.isdir(root):
+        raise config.ConfigError(f"--output / output.root {root} is a file; it must name a folder for the tables")
     tracking.check(conf)
     pv = conf["privacy"]
     if pv["pseudonymize_user_ids"] and pv["key_source"].startswith("env:"):

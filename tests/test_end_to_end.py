@@ -13,6 +13,8 @@ from deltalake import DeltaTable
 from jobs.segment_users import main, run
 from tests.conftest import local_conf
 
+pytestmark = pytest.mark.e2e  # whole job runs (tests/conftest.py: tiers)
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
 
@@ -332,6 +334,29 @@ def test_cli_errors(spark, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "--model-path" in capsys.readouterr().out
+
+
+def test_user_mistakes_are_one_line_errors_not_tracebacks(spark, tmp_path, tiny_model, capsys):
+    """As a new user would make them: an output that is a file, a CSV read as Parquet, and a k
+    larger than the number of users (found when users are counted, before any clustering)."""
+    texts = tmp_path / "t.csv"
+    texts.write_text("user_id,text\nu1,great dress\nu2,phone battery\nu3,hotel beach\n")
+    a_file = tmp_path / "out.txt"
+    a_file.write_text("not a folder")
+    base = ["--texts", str(texts), "--no-events", "--model-path", tiny_model]
+    assert main([*base, "--output", str(a_file)]) == 2
+    err = capsys.readouterr().err
+    assert f"{a_file} is a file" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+    assert main([*base, "--texts-format", "parquet", "--output", str(tmp_path / "o1")]) == 3
+    err = capsys.readouterr().err
+    assert f"texts input {texts} cannot be read as parquet" in err and "Could not read footer" in err
+    assert "\tat org.apache" not in err and len(err.strip().splitlines()) == 1
+
+    assert main([*base, "--k", "5", "--output", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert "cluster.k is 5, more than the 3 users" in err and "Traceback" not in err
+    assert not (tmp_path / "o2" / "user_segments").exists()  # nothing clustered or written
 
 
 def test_stage_logs_counts_and_rates_and_summary_table(caplog):
