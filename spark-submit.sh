@@ -183,6 +183,14 @@ if [ -z "$submit" ]; then
   else submit="spark-submit"; fi
 fi
 
+log_conf=()
+log4j2="${SEGLAKE_LOG4J2:-$here/conf/log4j2.properties}"
+if [ "$deploy_mode" != "cluster" ] && [ -f "$log4j2" ] && [[ "$all_conf" != *"--driver-java-options"* ]] \
+   && [[ "$all_conf" != *"spark.driver.extraJavaOptions="* ]]; then
+  # The driver runs here: SegLake's log4j2 settings (WARN and up, without the noise a user cannot act on).
+  log_conf=(--driver-java-options "-Dlog4j2.configurationFile=file:$log4j2")
+fi
+
 cmd=("$submit" --master "$master"
      --conf spark.python.worker.reuse=true
      --conf spark.sql.execution.arrow.pyspark.enabled=true
@@ -190,6 +198,7 @@ cmd=("$submit" --master "$master"
      --conf spark.executorEnv.TOKENIZERS_PARALLELISM=false
      --py-files "$pyfiles"
      ${delta_conf[@]+"${delta_conf[@]}"}
+     ${log_conf[@]+"${log_conf[@]}"}
      ${profile_conf[@]+"${profile_conf[@]}"}
      ${env_conf[@]+"${env_conf[@]}"}
      ${spark_args[@]+"${spark_args[@]}"}
