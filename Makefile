@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test venv clean sample browser eval-recs
+.PHONY: demo test test-fast venv clean sample browser eval-recs
 
 venv: $(STAMP)
 
@@ -32,8 +32,13 @@ demo: $(STAMP)
 	  --texts data/sample/texts.csv --events data/sample/events.csv \
 	  --output lakehouse --run-id demo
 
+# Every tier: unit, integration and e2e (markers in pytest.ini; tests/conftest.py assigns them).
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q tests
+
+# The unit tier only: no Spark session, no model (seconds a test).
+test-fast: $(STAMP) browser
+	$(BIN)/python -m pytest -q -m unit tests
 
 # Headless Chromium renders the HTML report in the tests (Debian packages; needs root or sudo).
 # The CJK font lets Chinese segment terms render as text rather than boxes.

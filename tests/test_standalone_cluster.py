@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 
+pytestmark = pytest.mark.e2e  # whole job runs (tests/conftest.py: tiers)
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "spark-submit.sh")
 

@@ -44,6 +44,7 @@ def test_flatten_and_metrics_are_plain_and_finite():
     assert got[("count.users", 0)] == 3 and got[("quarantine.texts.missing_user_id", 0)] == 1 and got[("segment_share", 1)] == 0.75
 
 
+@pytest.mark.e2e
 def test_run_is_tracked_in_the_local_store(spark, tmp_path, tiny_model, monkeypatch):
     conf = _conf(tmp_path, tiny_model, run_id="t1", cluster__k="auto", cluster__k_min=2, cluster__k_max=4)
     res = run(spark, conf)
@@ -77,6 +78,7 @@ def test_run_is_tracked_in_the_local_store(spark, tmp_path, tiny_model, monkeypa
     np.testing.assert_allclose(np.vstack(loaded.stages[-1].clusterCenters()), np.vstack(res.model.clusterCenters()))
 
 
+@pytest.mark.e2e
 def test_failed_run_ends_failed_with_the_error(spark, tmp_path, tiny_model):
     conf = _conf(tmp_path, tiny_model, run_id="t2", output__report=False)
     conf["input"]["texts"]["path"] = str(tmp_path / "missing.csv")
@@ -87,6 +89,7 @@ def test_failed_run_ends_failed_with_the_error(spark, tmp_path, tiny_model):
     assert mr.info.status == "FAILED" and "missing.csv" in mr.data.tags["seglake.error"]
 
 
+@pytest.mark.e2e
 def test_tracking_uri_and_experiment_from_the_conf(spark, tmp_path, tiny_model, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///nowhere/ignored.db")  # the conf's uri wins
     monkeypatch.chdir(tmp_path)  # a bare SQLite URI puts artifacts in ./mlruns: MLflow's default, not ours
@@ -109,6 +112,7 @@ def _block_mlflow_imports(monkeypatch) -> None:
         monkeypatch.setitem(sys.modules, name, None)
 
 
+@pytest.mark.e2e
 def test_without_mlflow_the_job_runs_as_before(spark, tmp_path, tiny_model, monkeypatch):
     monkeypatch.setattr(tracking, "installed", lambda: False)
     _block_mlflow_imports(monkeypatch)
