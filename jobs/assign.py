@@ -45,7 +45,8 @@ from jobs.faults import crash_point
 from jobs.history import history_rows
 from jobs.lock import job_lock
 from jobs.profile import user_terms
-from jobs.segment_users import new_run_id, preflight, run_cli, run_scope, stage
+from jobs.cli import preflight, run_cli
+from jobs.pipeline import new_run_id, run_scope, stage
 from jobs.session import LOG_LEVELS, DeltaUnavailable, build_session, setup_logging
 from jobs.user_vectors import STATE_COLUMNS, combine_state, features, user_state
 

@@ -19,15 +19,11 @@ if __name__ == "__main__" and not __package__:
 import argparse
 import json
 import logging
-import time
-import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -35,9 +31,10 @@ from jobs import cluster, config, delta_io, ingest, metrics, privacy, profile, r
 from jobs.drift import drift_reference
 from jobs.faults import crash_point
 from jobs.history import history_rows
-from jobs.lock import LockError, job_lock
-from jobs.clean import prepare_events, prepare_texts, rules
+from jobs.lock import job_lock
 from jobs.embed import embed_cached, embed_model_id, embed_texts
+from jobs.cli import preflight, run_cli
+from jobs.pipeline import new_run_id, read_input, run_scope, stage
 from jobs.session import LOG_LEVELS, DeltaUnavailable, build_session, setup_logging
 from jobs.user_vectors import STATE_COLUMNS, build_user_vectors, user_state
 from udfs.embedding import resolve_model_path
@@ -113,62 +110,6 @@ class RunResult:
     table_names: dict[str, str] = field(default_factory=dict)  # catalog names (output.catalog_schema)
     model: object = field(default=None, repr=False)  # the fitted MLlib model (for MLflow)
     tracking: dict | None = None  # the MLflow run, when tracked
-
-
-@contextmanager
-def run_scope(record_failure: Callable[[BaseException], None], what: str) -> Iterator[Callable[[DataFrame], DataFrame]]:
-    """One job run: yields `keep(df)`, which persists df until the run ends (success or not).
-    On an error, `record_failure(exc)` writes the failed run's row (its own errors are logged,
-    never hiding the original) and the error propagates."""
-    cached: list[DataFrame] = []
-
-    def keep(df: DataFrame) -> DataFrame:
-        cached.append(df.persist(StorageLevel.MEMORY_AND_DISK))
-        return df
-
-    try:
-        yield keep
-    except Exception as exc:
-        try:
-            record_failure(exc)
-        except Exception:  # noqa: BLE001 - never hide the original error
-            log.exception("could not record the failed %s", what)
-        raise
-    finally:
-        for df in cached:
-            df.unpersist()
-
-
-@contextmanager
-def stage(name: str, timings: dict[str, float], rate: bool = True) -> Iterator[dict[str, int]]:
-    """Time a stage into `timings` and log its start and end. The body may put counts into the
-    yielded dict ({"texts embedded": 8282}); the end line reports them, the first with its rate
-    (unless `rate` is false), so a person following the log sees how much went through and how fast."""
-    log.info("stage %s: start", name)
-    t0 = time.perf_counter()
-    facts: dict[str, int] = {}
-    yield facts
-    seconds = time.perf_counter() - t0
-    timings[name] = round(seconds, 3)
-    detail = "".join(f", {n:,} {what}" for what, n in facts.items())
-    if facts and rate:
-        what, n = next(iter(facts.items()))
-        detail += f" ({n / max(seconds, 1e-9):,.1f} {what}/s)"
-    log.info("stage %s: done in %.1f s%s", name, seconds, detail)
-
-
-def read_input(spark: SparkSession, conf: dict, name: str) -> DataFrame:
-    """The conf's `name` input (texts or events) read, mapped, validated and cleaned as the job
-    does it: every row, with `reason` set on the ones that go to quarantine."""
-    src = conf["input"][name]
-    spec, prepare = (config.TEXT_COLUMNS, prepare_texts) if name == "texts" else (config.EVENT_COLUMNS, prepare_events)
-    raw = ingest.read_source(spark, src["path"], src["format"], src["options"], conf["output"]["engine"], name)
-    return (raw.transform(ingest.map_columns, conf["input"]["columns"][name], spec, src["path"], name)
-            .transform(lambda d: prepare(d, **rules(conf, name))))
-
-
-def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
 def run(spark: SparkSession, conf: dict) -> RunResult:
@@ -557,37 +498,6 @@ def _write_runs_row(spark: SparkSession, conf: dict, res: RunResult, started: da
         "events_watermark timestamp")
     df = spark.createDataFrame([row], schema)
     delta_io.write_run(df, f"{res.output}/runs", res.run_id, engine=engine)
-
-
-def preflight(conf: dict) -> None:
-    """Checks that need no Spark, run before the session starts: the model directory is
-    usable and, with pseudonymous ids, the key can be read (a Databricks secret scope is
-    read later, on the driver, as it needs the session)."""
-    resolve_model_path(conf["embed"]["model_path"])
-    root = conf["output"]["root"]
-    if ingest.is_local_path(root) and os.path.exists(root) and not os.path.isdir(root):
-        raise config.ConfigError(f"--output / output.root {root} is a file; it must name a folder for the tables")
-    tracking.check(conf)
-    pv = conf["privacy"]
-    if pv["pseudonymize_user_ids"] and pv["key_source"].startswith("env:"):
-        privacy.user_id_key(pv["key_source"])
-
-
-def run_cli(prog: str, job: Callable[[], object]) -> tuple[object, int]:
-    """(job's result, 0), or (None, exit code) after one line on stderr for the errors a user
-    can act on: input problems (3) and an output root in use by another run (4). Anything
-    else is a bug or an infrastructure failure and keeps its traceback."""
-    try:
-        return job(), 0
-    except ingest.InputError as exc:
-        print(f"{prog}: input error: {exc}", file=sys.stderr)
-        return None, 3
-    except (LockError, delta_io.DeltaConflict) as exc:  # the output is in use by another writer
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return None, 4
-    except config.ConfigError as exc:  # (the checks that need the session: engine, models' run)
-        print(f"{prog}: configuration error: {exc}", file=sys.stderr)
-        return None, 2
 
 
 def main(argv: list[str] | None = None) -> int:
