@@ -94,9 +94,12 @@ def behaviour(events: DataFrame, user_segments: DataFrame, n_categories: int = 3
     )
     cats = ev.where(F.col("category").isNotNull()).groupBy("segment_id", "category").agg(F.count(F.lit(1)).alias("n"))
     seg_share = F.col("n") / F.sum("n").over(Window.partitionBy("segment_id"))
-    # Overall category shares come from a (categories x 1) aggregate, not a global window.
-    overall = (ev.where(F.col("category").isNotNull()).groupBy("category").agg(F.count(F.lit(1)).alias("_c"))
-               .withColumn("_overall", F.col("_c") / F.sum("_c").over(Window.partitionBy(F.lit(1)))).drop("_c"))
+    # Overall category shares: category counts over their total (a one-row aggregate joined on),
+    # not a window over a constant, which Spark turns into a window without partitions (all rows
+    # in one task, and a WARN line per task).
+    by_cat = ev.where(F.col("category").isNotNull()).groupBy("category").agg(F.count(F.lit(1)).alias("_c"))
+    overall = (by_cat.crossJoin(F.broadcast(by_cat.agg(F.sum("_c").alias("_t"))))
+               .select("category", (F.col("_c") / F.col("_t")).alias("_overall")))
     cats = (cats.withColumn("share", seg_share).join(F.broadcast(overall), "category")
             .withColumn("lift", F.col("share") / F.col("_overall")).drop("_overall"))
     rank = F.row_number().over(Window.partitionBy("segment_id").orderBy(F.desc("n"), "category"))
