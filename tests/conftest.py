@@ -60,6 +60,7 @@ TEST_SPARK_CONF = {
     # model, warm JVM, 2 cores): 45 s with both, 28 s without.
     "spark.sql.codegen.wholeStage": "false",
     "spark.sql.adaptive.enabled": "false",
+    # Delta reconstructs a table's state in this many tasks (50 by default): the tests' tables are tiny.
     "spark.databricks.delta.snapshotPartitions": "1",
 }
 _PROFILE: list[str] = []
@@ -88,12 +89,6 @@ def subprocess_profile(master: str | None = None) -> str:
 
 # Tests run where the job runs: on Spark with delta-spark (the Delta jars from the cache that
 # `make venv` fills; resolved from Maven on first use otherwise).
-DELTA_TEST_CONF = {
-    # Delta reconstructs a table's state in this many tasks (50 by default): the tests' tables are tiny.
-    "spark.databricks.delta.snapshotPartitions": TEST_SPARK_CONF["spark.databricks.delta.snapshotPartitions"],
-}
-
-
 def delta_settings() -> dict[str, str]:
     """What a test session needs for native Delta: jars, extension, catalog, SegLake's defaults."""
     from jobs import delta_jars
@@ -102,7 +97,7 @@ def delta_settings() -> dict[str, str]:
     jars, why = delta_jars.ensure()
     if not jars:
         pytest.exit(f"the tests need the Delta jars: {why}", returncode=3)
-    return with_delta(DELTA_TEST_CONF, jars)
+    return with_delta({}, jars)  # (TEST_SPARK_CONF holds the Delta settings for tiny tables)
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 
+from tests.conftest import subprocess_profile
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "spark-submit.sh")
 
@@ -102,7 +104,7 @@ def test_real_local_run_through_spark_submit(tmp_path, tiny_model):
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
     proc = subprocess.run(
         [SCRIPT, "--python", sys.executable, "--conf", "spark.ui.enabled=false",
-         "--conf", "spark.sql.shuffle.partitions=2", "--conf", str(ROOT / "conf" / "local.yaml"),
+         "--conf", "spark.sql.shuffle.partitions=2", "--conf", subprocess_profile(),
          "--texts", str(texts), "--texts-format", "json", "--no-events", "--output", str(out),
          "--k", "2", "--model-path", tiny_model, "--run-id", "submit1"],
         capture_output=True, text=True, env=env, timeout=600)

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 
+from tests.conftest import subprocess_profile
+
 pytestmark = pytest.mark.e2e  # whole job runs (tests/conftest.py: tiers)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +91,7 @@ def test_job_runs_on_a_standalone_cluster(standalone, tmp_path, tiny_model):
          # The cluster-image route: every node has this interpreter (here: the same machine).
          "--conf", f"spark.pyspark.python={sys.executable}", "--conf", "spark.executor.memory=1g",
          "--conf", "spark.ui.enabled=false", "--conf", "spark.sql.shuffle.partitions=4",
-         "--conf", str(ROOT / "conf" / "local.yaml"), "--texts", str(texts), "--events", str(events),
+         "--conf", subprocess_profile(), "--texts", str(texts), "--events", str(events),
          "--output", str(out), "--k", "2", "--model-path", tiny_model, "--run-id", "standalone1"],
         capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -107,5 +109,7 @@ def test_job_runs_on_a_standalone_cluster(standalone, tmp_path, tiny_model):
     # Written with delta-spark: spark-submit.sh shipped the cached Delta jars to the executors.
     for table in ("user_segments", "segments", "runs"):
         assert DeltaTable(str(out / table)).history(1)[0]["engineInfo"].startswith("Apache-Spark/"), table
-    assert "writing to" in proc.stderr and "with the native Delta writer" in proc.stderr
+    # (spark-submit's PythonRunner merges the Python driver's stderr into its stdout.)
+    log = proc.stdout + proc.stderr
+    assert "writing to" in log and "with the native Delta writer" in log
     assert any(p.name.startswith("io.delta_delta-spark") for p in work.glob("app-*/*/*.jar"))
