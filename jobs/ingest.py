@@ -46,8 +46,6 @@ def read_source(spark: SparkSession, path: str, fmt: str, options: dict | None =
         raise InputError(f"{name} input not found: {path}")
     try:
         return _read_files(spark, path, fmt, options, engine, name)
-    except InputError:
-        raise
     except Exception as exc:  # noqa: BLE001 - Spark's reader errors: a file that is not in that format
         if not _is_read_error(exc):
             raise
@@ -62,8 +60,8 @@ def _is_read_error(exc: BaseException) -> bool:
 
     text = str(exc)
     return isinstance(exc, (PySparkException, Py4JJavaError)) and any(
-        m in text for m in ("CANNOT_READ_FILE_FOOTER", "not a Parquet file", "UNABLE_TO_INFER_SCHEMA",
-                            "FAILED_READ_FILE", "CANNOT_READ_FILE", "Could not read footer", "magic number"))
+        m in text for m in ("FAILED_READ_FILE", "CANNOT_READ_FILE", "not a Parquet file", "UNABLE_TO_INFER_SCHEMA",
+                            "magic number"))
 
 
 def _first_line(exc: BaseException) -> str:
