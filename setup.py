@@ -34,7 +34,7 @@ setup(
         "mlflow": ["mlflow-skinny>=3,<4", "sqlalchemy>=2", "alembic>=1.13"],
         "dev": ["pytest>=8", "sentence-transformers>=3", "scikit-learn>=1.3", "pysail==0.7.2", "hypothesis>=6.100"],
     },
-    entry_points={"console_scripts": ["seglake-segment=jobs.segment_users:main", "seglake-explain=jobs.explain:main",
-                                        "seglake-assign=jobs.assign:main", "seglake-delta-jars=jobs.delta_jars:main",
+    entry_points={"console_scripts": ["seglake-segment=jobs.cli:segment_main", "seglake-explain=jobs.explain:main",
+                                        "seglake-assign=jobs.cli:assign_main", "seglake-delta-jars=jobs.delta_jars:main",
                                         "seglake-maintain=jobs.maintain:main"]},
 )

@@ -6,7 +6,7 @@
 #
 # Spark options (--master, --deploy-mode, --conf key=value, --executor-memory, --num-executors,
 # --jars, --archives, --files, --name, --queue, ...) are passed to spark-submit; everything else
-# goes to the job (see `python -m jobs.segment_users --help` / `python -m jobs.assign --help`). `--conf` with a key=value is a
+# goes to the job (see `python -m jobs.cli segment --help` / `python -m jobs.cli assign --help`). `--conf` with a key=value is a
 # Spark setting; `--conf FILE.yaml` is the job's conf profile, which is shipped with --files.
 # Local mode (local[2]) is the default when no --master is given.
 #   --job NAME       segment (default) or assign
@@ -42,7 +42,7 @@ dry_run=0
 python_bin=""
 conf_file=""
 python_env=""
-entry="segment_users.py"
+job="segment"
 delta=1
 engine_flag=""
 
@@ -57,8 +57,7 @@ while [ $# -gt 0 ]; do
     --dry-run) dry_run=1; shift ;;
     --job)
       case "$2" in
-        segment) entry="segment_users.py" ;;
-        assign) entry="assign.py" ;;
+        segment|assign) job="$2" ;;
         *) echo "spark-submit.sh: --job must be segment or assign, got '$2'" >&2; exit 2 ;;
       esac
       shift 2 ;;
@@ -202,7 +201,7 @@ cmd=("$submit" --master "$master"
      ${profile_conf[@]+"${profile_conf[@]}"}
      ${env_conf[@]+"${env_conf[@]}"}
      ${spark_args[@]+"${spark_args[@]}"}
-     "$here/jobs/$entry"
+     "$here/jobs/cli.py" "$job"
      ${job_args[@]+"${job_args[@]}"})
 
 if [ "$dry_run" -eq 1 ]; then

@@ -21,8 +21,8 @@ through all-MiniLM-L6-v2 would take hours on 2 cores; the real model's embed rat
 separately, in bench/embed_throughput.py. --model minilm runs the packaged model (keep
 --users small).
 
-Stages: `jobs.segment_users.stage` (the job's context manager, looked up as a module global
-by `_run` at call time) is wrapped in the child so that each stage's start and end also mark
+Stages: `jobs.pipeline.stage` (the context manager behind RunContext.stage, looked up as a
+module global at call time) is wrapped in the child so that each stage's start and end also mark
 the memory sampler. Per stage: the job's own seconds (RunResult.stage_seconds) and the
 sampler's; `outside stages` is the rest of `run` (the lock, the runs-table rows).
 Memory: bench/cluster_scale.py's StageSampler (bench/embed_memory.py's /proc Sampler, kept per
@@ -130,7 +130,7 @@ def run_point(args) -> dict:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     from jobs import config
-    from jobs import segment_users
+    from jobs import pipeline, segment_users
     from jobs.session import build_session
 
     n, raw = args.point, data_dir(args, args.point)
@@ -153,14 +153,14 @@ def run_point(args) -> dict:
         spark = build_session(conf["spark"])
         spark.sparkContext.setLogLevel("ERROR")
 
-    original = segment_users.stage
+    original = pipeline.stage
 
     @contextlib.contextmanager
-    def hooked(name, timings):
-        with sampler.stage(name), original(name, timings):
-            yield
+    def hooked(name, timings, rate=True):
+        with sampler.stage(name), original(name, timings, rate) as facts:
+            yield facts
 
-    segment_users.stage = hooked
+    pipeline.stage = hooked
     driver_before = _status(os.getpid()).get("VmRSS", 0)
     sampler.enter_idle(OUTSIDE)
     t = time.perf_counter()
@@ -169,7 +169,7 @@ def run_point(args) -> dict:
     finally:
         wall = time.perf_counter() - t
         sampler.enter_idle(None)
-        segment_users.stage = original
+        pipeline.stage = original
     sampler.stop_event.set()
     driver_hwm = _status(os.getpid()).get("VmHWM", 0)
     jvm = [pid for pid, (role, _) in sampler._roles().items() if role == "jvm"]

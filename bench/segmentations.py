@@ -48,7 +48,7 @@ def tfidf_segments(texts: DataFrame, k: int, seed: int = SEED) -> tuple[DataFram
     the job's terms: words and bigrams, jieba for Chinese), TF-IDF, L2, KMeans."""
     from pyspark.ml.feature import IDF, HashingTF, Normalizer
 
-    from jobs.profile import user_terms
+    from jobs.segment_profile import user_terms
 
     docs = user_terms(texts).groupBy("user_id").agg(F.collect_list("term").alias("terms"))
     tf = HashingTF(inputCol="terms", outputCol="tf", numFeatures=1 << 18).transform(docs)

@@ -7,7 +7,7 @@ run) and upserted into `user_segments` with MERGE. Users whose segment changed g
 `segment_history` row; each run records drift against the model's training run in `drift`
 and itself in `assign_runs`. `--stream` does the same per micro-batch of a Structured
 Streaming query over folders of new files (checkpointed: a restart resumes without loss or
-duplicates).
+duplicates). `assign_batch` is the pipeline; the command line is jobs/cli.py.
 
 Commit order, so that a batch killed at any point and run again is applied exactly once:
 user_vectors (MERGE, skipping users already updated by this batch) -> segment_history and
@@ -17,17 +17,6 @@ resumed by the next run with its own run id.
 """
 from __future__ import annotations
 
-import os
-import sys
-
-if __name__ == "__main__" and not __package__:
-    # Run as a file (spark-submit jobs/assign.py): import the package from the repo root or
-    # the --py-files zip, not this folder (see jobs/segment_users.py).
-    _here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
-    sys.path.insert(0, os.path.dirname(_here))
-
-import argparse
 import hashlib
 import json
 import logging
@@ -38,29 +27,21 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import cluster, config, delta_io, drift, ingest, summary
-from jobs.clean import prepare_events, prepare_texts, rules
-from jobs.embed import embed_cached, embed_model_id
-from jobs.faults import crash_point
+from jobs import cluster, config, drift, ingest, summary
+from jobs.config import AssignConf, EmbedConf
+from jobs.delta_io import user_segments_properties
+from jobs.embed import embed_model_id
 from jobs.history import history_rows
 from jobs.lock import job_lock
-from jobs.profile import user_terms
-from jobs.cli import preflight, run_cli
-from jobs.pipeline import new_run_id, run_scope, stage
-from jobs.session import LOG_LEVELS, DeltaUnavailable, build_session, setup_logging
+from jobs.pipeline import INPUTS, RunContext, embed_stage, ingest_stage, new_run_id, read_mapped, run_scope
+from jobs.segment_profile import user_terms
+from jobs.tables import Lake
 from jobs.user_vectors import STATE_COLUMNS, combine_state, features, user_state
 
 log = logging.getLogger("seglake.assign")
 UPDATE_IF_NOT_APPLIED = "t.updated_by IS NULL OR t.updated_by <> s.updated_by"
-ASSIGN_RUNS_DDL = (
-    "run_id string, model_run_id string, mode string, status string, error string, started_at timestamp, "
-    "finished_at timestamp, texts_read long, texts_kept long, events_read long, events_kept long, "
-    "quarantined long, quarantine_reasons map<string,long>, texts_embedded_new long, users_touched long, "
-    "users_new long, users_changed long, texts_watermark timestamp, events_watermark timestamp, "
-    "far_share double, psi double, mean_shift double, refit_recommended boolean, stage_seconds map<string,double>")
-DRIFT_DDL = ("run_id string, model_run_id string, measured_at timestamp, users long, far_share double, "
-             "distance_p95_train double, psi double, mean_shift double, refit_recommended boolean, "
-             "reasons array<string>")
+TABLES = ("user_vectors", "user_segments", "segment_history", "segments", "text_embeddings", "quarantine",
+          "drift", "assign_runs", "runs")
 
 
 @dataclass
@@ -93,24 +74,244 @@ class AssignResult:
     watermarks: dict = field(default_factory=dict)
 
 
-def tables(root: str) -> dict[str, str]:
-    root = root.rstrip("/")
-    names = ("user_vectors", "user_segments", "segment_history", "segments", "text_embeddings", "quarantine",
-             "drift", "assign_runs", "runs")
-    return {t: f"{root}/{t}" for t in names}
+def run(spark: SparkSession, conf: dict, *, reassign_all: bool = False) -> AssignResult:
+    """One batch: the files under assign.texts / assign.events (or every stored user), holding
+    the output root's lock."""
+    lake = Lake(spark, conf["output"]["root"], conf["output"]["engine"])
+    config.require_catalog_engine(conf, lake.engine)
+    with job_lock(spark, conf, "seglake-assign"):
+        res = _run_batch(spark, conf, lake, reassign_all)
+        _register_tables(lake, conf)
+        return res
 
 
-def find_model_run(spark: SparkSession, root: str, engine: str = "auto", run_id: str | None = None) -> ModelRun:
+def _run_batch(spark: SparkSession, conf: dict, lake: Lake, reassign_all: bool) -> AssignResult:
+    ac = AssignConf.of(conf)
+    model_run = find_model_run(lake, ac.model_run)
+    refuse_half_written_state(lake)
+    run_id = conf["run_id"] or unfinished_batch(lake)
+    if run_id and not conf["run_id"]:
+        log.warning("assign run %s did not finish: completing it (its input must be the same files)", run_id)
+    inputs = {} if reassign_all else {
+        name: read_mapped(spark, conf, getattr(ac, name), name) for name in INPUTS if getattr(ac, name).path}
+    wm = last_watermarks(lake) if ac.watermark and not reassign_all else None
+    return assign_batch(spark, conf, inputs.get("texts"), inputs.get("events"), run_id or new_run_id(), model_run,
+                        mode="reassign" if reassign_all else "batch", watermarks=wm, reassign_all=reassign_all)
+
+
+def assign_batch(spark: SparkSession, conf: dict, texts: DataFrame | None, events: DataFrame | None,
+                 run_id: str, model_run: ModelRun, *, mode: str = "batch", watermarks: dict | None = None,
+                 reassign_all: bool = False) -> AssignResult:
+    """One incremental batch, the pipeline (commit order: see the module docstring). `texts` /
+    `events` are inputs after `ingest.map_columns` (logical columns as strings,
+    `_corrupt_record`); rows not newer than `watermarks` are quarantined as before_watermark.
+    `reassign_all` re-assigns every stored user instead."""
+    ctx = RunContext(spark, conf, run_id, Lake(spark, conf["output"]["root"], conf["output"]["engine"]))
+    res = AssignResult(run_id, model_run.run_id, ctx.counts, ctx.reasons, stage_seconds=ctx.timings,
+                       watermarks=dict(watermarks or {"texts_watermark": None, "events_watermark": None}))
+    ec = EmbedConf.of(conf)
+    check_model_id(model_run, ec)
+    write_run_row(ctx, res, mode, "running")
+    with run_scope(ctx, lambda exc: write_run_row(ctx, res, mode, "failed", error=repr(exc)[:2000]),
+                   f"assign run {run_id}"):
+        sources = {name: (df, getattr(AssignConf.of(conf), name).path or name)
+                   for name, df in (("texts", texts), ("events", events)) if df is not None}
+        ingested = ingest_stage(ctx, sources, before=watermarks, drop_empty=True, track_watermarks=True)
+        write_quarantine(ctx, ingested.quarantine)
+        embedded = embed_stage(ctx, ingested.texts, ec)
+        state = state_stage(ctx, embedded.texts, ingested.events, model_run, reassign_all)
+        if ctx.counts["users_touched"]:
+            placed = assign_stage(ctx, res, state, embedded.texts, model_run)
+            commit_stage(ctx, res, state, placed, model_run)
+        res.watermarks = ingested.watermarks
+        write_run_row(ctx, res, mode, "succeeded")
+        return res
+
+
+# --------------------------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------------------------
+
+
+def check_model_id(model_run: ModelRun, ec: EmbedConf) -> None:
+    mid = embed_model_id(ec)
+    if model_run.embed_model_id and model_run.embed_model_id != mid:
+        raise config.ConfigError(f"embed.model_path: the model run {model_run.run_id} embedded texts with model id "
+                                 f"{model_run.embed_model_id}, this conf gives {mid}; assign with the same model")
+
+
+def write_quarantine(ctx: RunContext, quarantine: DataFrame | None) -> None:
+    """This batch's rejected rows, committed first (a rerun replaces them)."""
+    if quarantine is None:
+        return
+    with ctx.stage("quarantine", rate=False):
+        written = ctx.lake.write_run("quarantine", quarantine, ctx.run_id)
+    if written != ctx.counts["quarantined"]:
+        raise RuntimeError(f"quarantine got {written} rows, expected {ctx.counts['quarantined']}")
+
+
+@dataclass(frozen=True)
+class State:
+    """The user_vectors stage: the touched users' state after this batch (None: nobody was
+    touched) and whether it is new state to MERGE (False for --reassign-all)."""
+
+    rows: DataFrame | None
+    changed: bool
+
+
+def state_stage(ctx: RunContext, texts: DataFrame | None, events: DataFrame | None, model_run: ModelRun,
+                reassign_all: bool) -> State:
+    """Each touched user's running state: the stored state combined with this batch's."""
+    params, mid = model_run.params, embed_model_id(ctx.conf["embed"])
+    with ctx.stage("user_vectors"):
+        stored = ctx.lake.read_if_exists("user_vectors")
+        if stored is None:
+            raise ingest.InputError(f"no user_vectors table under {ctx.lake.root}: run seglake-segment "
+                                    "(the full job) first")
+        other = stored.where(F.col("model_id") != mid).limit(1).collect()
+        if other:
+            raise ingest.InputError(f"user_vectors holds vectors of embedding model {other[0]['model_id']}, not "
+                                    f"{mid}: run seglake-segment to rebuild it with this model")
+        if reassign_all:
+            state = State(ctx.keep(stored), changed=False)
+        elif texts is None and events is None:
+            state = State(None, changed=False)
+        else:
+            batch = user_state(texts, events, pooling=params["pooling"], half_life_days=params["half_life_days"],
+                               model_id=mid, updated_by=ctx.run_id)
+            touched = stored.join(batch.select("user_id"), "user_id", "left_semi")
+            state = State(ctx.keep(combine_state(touched, batch, pooling=params["pooling"],
+                                                 half_life_days=params["half_life_days"], model_id=mid,
+                                                 updated_by=ctx.run_id)), changed=True)
+        ctx.counts["users_touched"] = state.rows.count() if state.rows is not None else 0
+    return state
+
+
+@dataclass(frozen=True)
+class Placed:
+    """The assign stage: the touched users' segments, their previous rows, the new
+    user_segments and segment_history rows, and whether an earlier attempt of this run
+    already committed user_segments."""
+
+    assigned: DataFrame
+    old: DataFrame
+    rows: DataFrame
+    history: DataFrame
+    done_before: bool
+
+
+def assign_stage(ctx: RunContext, res: AssignResult, state: State, texts: DataFrame | None,
+                 model_run: ModelRun) -> Placed:
+    params = model_run.params
+    with ctx.stage("assign"):
+        assigned = ctx.keep(cluster.assign(features(state.rows, params), model_run.load(), model_run.distance,
+                                           allowed=params.get("allowed_segments")))
+        model_segments = ctx.lake.read("user_segments").where(F.col("run_id") == model_run.run_id)
+        old = ctx.keep(model_segments.join(state.rows.select("user_id"), "user_id", "left_semi").select(
+            "user_id", "segment_id", F.col("matched_terms").alias("_old_terms"), "assigned_by"))
+        done_before = old.where(F.col("assigned_by") == ctx.run_id).limit(1).count() > 0
+        rows = user_segment_rows(ctx, assigned, old, texts, model_run.run_id)
+        history = history_rows(assigned, old, ctx.run_id, model_run.run_id)
+        # PSI over everyone after this batch: the model partition moved by this batch's
+        # changes (already included when an earlier attempt committed user_segments).
+        population = drift.population_sizes(model_segments, None if done_before else history)
+        res.drift = drift.drift_measures(assigned, params["drift_reference"], population)
+        res.refit_reasons = drift.judge(res.drift, ctx.conf["drift"])
+        ctx.counts["users_new"] = ctx.counts["users_touched"] - old.count()
+    return Placed(assigned, old, rows, history, done_before)
+
+
+def commit_stage(ctx: RunContext, res: AssignResult, state: State, placed: Placed, model_run: ModelRun) -> None:
+    """The commits, in the order that makes a rerun of a killed batch apply it exactly once."""
+    lake, rid = ctx.lake, ctx.run_id
+    with ctx.stage("write"):
+        if state.changed:
+            lake.merge("user_vectors", state.rows.select(*STATE_COLUMNS), update_condition=UPDATE_IF_NOT_APPLIED)
+        ctx.crash_point("after_user_vectors")
+        history = placed.history
+        if placed.done_before:
+            # An earlier attempt of this run already moved some users in user_segments:
+            # their history rows are the committed ones (recomputing would find no change).
+            redone = placed.old.where(F.col("assigned_by") == rid).select("user_id")
+            committed = lake.read("segment_history").where(F.col("run_id") == rid)
+            history = committed.unionByName(history.join(redone, "user_id", "left_anti"))
+        ctx.counts["users_changed"] = lake.write_run("segment_history", history, rid)
+        lake.write_run("drift", drift_row(ctx, res, model_run), rid)
+        ctx.crash_point("after_history")
+        lake.merge("user_segments", placed.rows, partition_values={"run_id": model_run.run_id},
+                   properties=user_segments_properties(ctx.conf))
+        ctx.crash_point("after_user_segments")
+    if res.refit_reasons:
+        log.warning("drift against model run %s: %s; a re-fit is recommended (seglake-assign "
+                    "--refit-if-drifted runs the full job)", model_run.run_id, "; ".join(res.refit_reasons))
+
+
+def user_segment_rows(ctx: RunContext, assigned: DataFrame, old: DataFrame, texts: DataFrame | None,
+                      model_run_id: str) -> DataFrame:
+    """user_segments rows of the assigned users. matched_terms: the new texts' terms among the
+    segment's top terms, plus the earlier matches when the segment did not change."""
+    top = (ctx.lake.read("segments").where(F.col("run_id") == model_run_id)
+           .select("segment_id", F.explode("top_terms").alias("term")))
+    no_terms = F.array().cast("array<string>")
+    new_terms = no_terms
+    out = assigned.join(old.select("user_id", F.col("segment_id").alias("_old_seg"), "_old_terms"), "user_id", "left")
+    if texts is not None:
+        matched = (user_terms(texts, ctx.conf["profile"]["bigrams"])
+                   .join(assigned.select("user_id", "segment_id"), "user_id").join(top, ["segment_id", "term"])
+                   .groupBy("user_id").agg(F.collect_set("term").alias("_new_terms")))
+        out = out.join(matched, "user_id", "left")
+        new_terms = F.coalesce("_new_terms", new_terms)
+    same = F.col("_old_seg").eqNullSafe(F.col("segment_id"))
+    kept_terms = F.when(same, F.coalesce("_old_terms", no_terms)).otherwise(no_terms)
+    terms = F.array_sort(F.array_distinct(F.concat(kept_terms, new_terms)))
+    return out.select(
+        F.lit(model_run_id).alias("run_id"), "user_id", F.col("segment_id").cast("int"), "distance",
+        F.col("second_segment_id").cast("int"), "second_distance", "margin", terms.alias("matched_terms"),
+        "n_texts", "n_events", "lang", F.current_timestamp().alias("assigned_at"),
+        F.lit(ctx.run_id).alias("assigned_by"))
+
+
+def drift_row(ctx: RunContext, res: AssignResult, model_run: ModelRun) -> DataFrame:
+    d = res.drift
+    return ctx.lake.rows("drift", [{
+        "run_id": res.run_id, "model_run_id": model_run.run_id, "measured_at": datetime.now(timezone.utc),
+        "users": d.get("users"), "far_share": d.get("far_share"),
+        "distance_p95_train": model_run.params["drift_reference"]["distance_p95"], "psi": d.get("psi"),
+        "mean_shift": d.get("mean_shift"), "refit_recommended": bool(res.refit_reasons),
+        "reasons": res.refit_reasons}])
+
+
+def write_run_row(ctx: RunContext, res: AssignResult, mode: str, status: str, error: str | None = None) -> None:
+    c, d = res.counts, res.drift
+    row = {
+        "run_id": res.run_id, "model_run_id": res.model_run_id, "mode": mode, "status": status, "error": error,
+        "started_at": ctx.started, "finished_at": datetime.now(timezone.utc) if status != "running" else None,
+        **{k: c.get(k) for k in ("texts_read", "texts_kept", "events_read", "events_kept", "quarantined",
+                                 "texts_embedded_new", "users_touched", "users_new", "users_changed")},
+        "quarantine_reasons": res.reasons, **res.watermarks,
+        "far_share": d.get("far_share"), "psi": d.get("psi"), "mean_shift": d.get("mean_shift"),
+        "refit_recommended": bool(res.refit_reasons), "stage_seconds": res.stage_seconds,
+    }
+    ctx.lake.write_run("assign_runs", ctx.lake.rows("assign_runs", [row]), res.run_id)
+
+
+# --------------------------------------------------------------------------------------------
+# The lake's state before a batch
+# --------------------------------------------------------------------------------------------
+
+
+def find_model_run(lake: Lake, run_id: str | None = None) -> ModelRun:
     """The given run, or the latest succeeded full run that saved a model."""
-    runs = delta_io.read_table_if_exists(spark, tables(root)["runs"], engine=engine)
+    runs = lake.read_if_exists("runs")
     if runs is None:
-        raise ingest.InputError(f"no runs table under {root}: run seglake-segment (the full job) first")
+        raise ingest.InputError(f"no runs table under {lake.root}: run seglake-segment (the full job) first")
     ok = runs.where((F.col("status") == "succeeded") & F.col("model_path").isNotNull())
     if run_id:
         ok = ok.where(F.col("run_id") == run_id)
     rows = ok.orderBy(F.desc("finished_at")).limit(1).collect()
     if not rows:
-        raise ingest.InputError(f"no succeeded full run {run_id or ''} with a saved model under {root}".replace("  ", " "))
+        raise ingest.InputError(f"no succeeded full run {run_id or ''} with a saved model under {lake.root}"
+                                .replace("  ", " "))
     r = rows[0].asDict()
     params = json.loads(r["feature_params"] or "{}")
     if "drift_reference" not in params or "text_dim" not in params:
@@ -119,12 +320,11 @@ def find_model_run(spark: SparkSession, root: str, engine: str = "auto", run_id:
     return ModelRun(r["run_id"], r["model_path"], r["algorithm"], r["distance"], params, r.get("embed_model_id"))
 
 
-def last_watermarks(spark: SparkSession, root: str, engine: str = "auto") -> dict:
+def last_watermarks(lake: Lake) -> dict:
     """Watermarks after the latest succeeded run, full or incremental: its inputs' latest ts."""
-    t = tables(root)
     rows = []
     for name in ("runs", "assign_runs"):
-        df = delta_io.read_table_if_exists(spark, t[name], engine=engine)
+        df = lake.read_if_exists(name)
         if df is not None:
             rows += (df.where(F.col("status") == "succeeded").orderBy(F.desc("finished_at"))
                      .select("finished_at", "texts_watermark", "events_watermark").limit(1).collect())
@@ -134,17 +334,16 @@ def last_watermarks(spark: SparkSession, root: str, engine: str = "auto") -> dic
     return {"texts_watermark": latest["texts_watermark"], "events_watermark": latest["events_watermark"]}
 
 
-def refuse_half_written_state(spark: SparkSession, root: str, engine: str = "auto") -> None:
+def refuse_half_written_state(lake: Lake) -> None:
     """Stop when the latest full run never finished but already replaced user_vectors (its
     driver died between that commit and its runs row): the state would not match any saved
     model. The remedy is to finish that run under its own id."""
-    t = tables(root)
-    runs = delta_io.read_table_if_exists(spark, t["runs"], engine=engine)
+    runs = lake.read_if_exists("runs")
     rows = runs.orderBy(F.desc("started_at")).select("run_id", "status").limit(1).collect() if runs is not None else []
     if not rows or rows[0]["status"] == "succeeded":
         return
     rid = rows[0]["run_id"]
-    state = delta_io.read_table_if_exists(spark, t["user_vectors"], engine=engine)
+    state = lake.read_if_exists("user_vectors")
     if state is not None and state.where(F.col("updated_by") == rid).limit(1).count():
         raise ingest.InputError(
             f"full run {rid} did not finish ({rows[0]['status']}) but already replaced user_vectors; finish it "
@@ -152,239 +351,26 @@ def refuse_half_written_state(spark: SparkSession, root: str, engine: str = "aut
             "duplicated)")
 
 
-def unfinished_batch(spark: SparkSession, root: str, engine: str = "auto") -> str | None:
+def unfinished_batch(lake: Lake) -> str | None:
     """The run id of a batch-mode assign run that started and never succeeded, if the latest
     one did not: it may be partly committed, so it must be finished under the same id."""
-    runs = delta_io.read_table_if_exists(spark, tables(root)["assign_runs"], engine=engine)
+    runs = lake.read_if_exists("assign_runs")
     if runs is None:
         return None
     rows = runs.where(F.col("mode") == "batch").orderBy(F.desc("started_at")).limit(1).collect()
     return rows[0]["run_id"] if rows and rows[0]["status"] != "succeeded" else None
 
 
-def assign_batch(spark: SparkSession, conf: dict, texts: DataFrame | None, events: DataFrame | None,
-                 run_id: str, model_run: ModelRun, *, mode: str = "batch", watermarks: dict | None = None,
-                 reassign_all: bool = False) -> AssignResult:
-    """One incremental batch. `texts` / `events` are inputs after `ingest.map_columns`
-    (logical columns as strings, `_corrupt_record`); rows not newer than `watermarks` are
-    quarantined as before_watermark. `reassign_all` re-assigns every stored user instead."""
-    root = conf["output"]["root"].rstrip("/")
-    t = tables(root)
-    engine = delta_io.resolve_engine(spark, conf["output"]["engine"])
-    res = AssignResult(run_id, model_run.run_id)
-    counts, timings, params = res.counts, res.stage_seconds, model_run.params
-    started = datetime.now(timezone.utc)
-    watermarks = dict(watermarks or {"texts_watermark": None, "events_watermark": None})
-    res.watermarks = dict(watermarks)
-
-    ec = conf["embed"]
-    mid = embed_model_id(ec)
-    if model_run.embed_model_id and model_run.embed_model_id != mid:
-        raise config.ConfigError(f"embed.model_path: the model run {model_run.run_id} embedded texts with model id "
-                                 f"{model_run.embed_model_id}, this conf gives {mid}; assign with the same model")
-    _write_run_row(spark, t, res, mode, "running", started, engine)
-
-    def record_failure(exc: BaseException) -> None:
-        _write_run_row(spark, t, res, mode, "failed", started, engine, error=repr(exc)[:2000])
-
-    with run_scope(record_failure, f"assign run {run_id}") as keep:
-        with stage("ingest", timings):
-            quarantine, kept_texts, kept_events = None, None, None
-            for name, df in (("texts", texts), ("events", events)):
-                if df is None:
-                    continue
-                prepare = prepare_texts if name == "texts" else prepare_events
-                tagged = prepare(df, **rules(conf, name))
-                tagged = keep(ingest.tag_before_watermark(tagged, watermarks.get(f"{name}_watermark")))
-                counts[f"{name}_read"], counts[f"{name}_kept"], r = ingest.reason_counts(tagged, name)
-                res.reasons.update(r)
-                kept, bad = ingest.split_quarantine(tagged)
-                q = ingest.to_quarantine(bad, name, conf["assign"][name]["path"] or name, run_id)
-                quarantine = q if quarantine is None else quarantine.unionByName(q)
-                if counts[f"{name}_kept"]:
-                    if name == "texts":
-                        kept_texts = kept
-                    else:
-                        kept_events = kept
-                    latest = kept.agg(F.max("ts")).first()[0]
-                    if latest is not None:
-                        prev = watermarks.get(f"{name}_watermark")
-                        watermarks[f"{name}_watermark"] = latest if prev is None else max(prev, latest)
-            counts["quarantined"] = sum(res.reasons.values())
-            if quarantine is not None:
-                written = delta_io.write_run(quarantine, t["quarantine"], run_id, engine=engine)
-                if written != counts["quarantined"]:
-                    raise RuntimeError(f"quarantine got {written} rows, expected {counts['quarantined']}")
-
-        with stage("embed", timings):
-            counts["texts_embedded_new"] = 0
-            if kept_texts is not None:
-                kept_texts, counts["texts_embedded_new"] = embed_cached(kept_texts, t["text_embeddings"], run_id, ec,
-                                                                        engine=engine, persist=keep)
-                kept_texts = keep(kept_texts)
-
-        with stage("user_vectors", timings):
-            stored = delta_io.read_table_if_exists(spark, t["user_vectors"], engine=engine)
-            if stored is None:
-                raise ingest.InputError(f"no user_vectors table under {root}: run seglake-segment (the full job) first")
-            other = stored.where(F.col("model_id") != mid).limit(1).collect()
-            if other:
-                raise ingest.InputError(f"user_vectors holds vectors of embedding model {other[0]['model_id']}, not "
-                                        f"{mid}: run seglake-segment to rebuild it with this model")
-            if reassign_all:
-                state, batch_state = keep(stored), None
-            elif kept_texts is None and kept_events is None:
-                state, batch_state = None, None
-            else:
-                batch_state = user_state(kept_texts, kept_events, pooling=params["pooling"],
-                                         half_life_days=params["half_life_days"], model_id=mid, updated_by=run_id)
-                touched = stored.join(batch_state.select("user_id"), "user_id", "left_semi")
-                state = keep(combine_state(touched, batch_state, pooling=params["pooling"],
-                                           half_life_days=params["half_life_days"], model_id=mid, updated_by=run_id))
-            counts["users_touched"] = state.count() if state is not None else 0
-
-        if counts["users_touched"]:
-            with stage("assign", timings):
-                model = model_run.load()
-                assigned = keep(cluster.assign(features(state, params), model, model_run.distance,
-                                               allowed=params.get("allowed_segments")))
-                model_segments = (delta_io.read_table(spark, t["user_segments"], engine=engine)
-                                  .where(F.col("run_id") == model_run.run_id))
-                old = (model_segments
-                       .join(state.select("user_id"), "user_id", "left_semi")
-                       .select("user_id", "segment_id", F.col("matched_terms").alias("_old_terms"), "assigned_by"))
-                old = keep(old)
-                done_before = old.where(F.col("assigned_by") == run_id).limit(1).count() > 0
-                rows = _user_segment_rows(spark, t, engine, assigned, old, kept_texts, conf, model_run.run_id, run_id)
-                history = history_rows(assigned, old, run_id, model_run.run_id)
-                # PSI over everyone after this batch: the model partition moved by this batch's
-                # changes (already included when an earlier attempt committed user_segments).
-                population = drift.population_sizes(model_segments, None if done_before else history)
-                res.drift = drift.drift_measures(assigned, params["drift_reference"], population)
-                res.refit_reasons = drift.judge(res.drift, conf["drift"])
-                counts["users_new"] = counts["users_touched"] - old.count()
-
-            with stage("write", timings):
-                if batch_state is not None:
-                    delta_io.merge(state.select(*STATE_COLUMNS), t["user_vectors"], ["user_id"], engine=engine,
-                                   update_condition=UPDATE_IF_NOT_APPLIED)
-                crash_point("after_user_vectors", run_id)
-                if done_before:
-                    # An earlier attempt of this run already moved some users in user_segments:
-                    # their history rows are the committed ones (recomputing would find no change).
-                    redone = old.where(F.col("assigned_by") == run_id).select("user_id")
-                    committed = (delta_io.read_table(spark, t["segment_history"], engine=engine)
-                                 .where(F.col("run_id") == run_id))
-                    history = committed.unionByName(history.join(redone, "user_id", "left_anti"))
-                counts["users_changed"] = delta_io.write_run(history, t["segment_history"], run_id, engine=engine)
-                delta_io.write_run(_drift_row(spark, res, model_run), t["drift"], run_id, engine=engine)
-                crash_point("after_history", run_id)
-                delta_io.merge(rows, t["user_segments"], ["run_id", "user_id"], engine=engine, partition_by="run_id",
-                               partition_values={"run_id": model_run.run_id},
-                               properties=delta_io.user_segments_properties(conf))
-                crash_point("after_user_segments", run_id)
-            if res.refit_reasons:
-                log.warning("drift against model run %s: %s; a re-fit is recommended (seglake-assign "
-                            "--refit-if-drifted runs the full job)", model_run.run_id, "; ".join(res.refit_reasons))
-        res.watermarks = watermarks
-        _write_run_row(spark, t, res, mode, "succeeded", started, engine)
-        return res
-
-
-def _user_segment_rows(spark: SparkSession, t: dict, engine: str, assigned: DataFrame, old: DataFrame,
-                       texts: DataFrame | None, conf: dict, model_run_id: str, run_id: str) -> DataFrame:
-    """user_segments rows of the assigned users. matched_terms: the new texts' terms among the
-    segment's top terms, plus the earlier matches when the segment did not change."""
-    top = (delta_io.read_table(spark, t["segments"], engine=engine).where(F.col("run_id") == model_run_id)
-           .select("segment_id", F.explode("top_terms").alias("term")))
-    new_terms = F.array().cast("array<string>")
-    out = assigned.join(old.select("user_id", F.col("segment_id").alias("_old_seg"), "_old_terms"), "user_id", "left")
-    if texts is not None:
-        matched = (user_terms(texts, conf["profile"]["bigrams"])
-                   .join(assigned.select("user_id", "segment_id"), "user_id").join(top, ["segment_id", "term"])
-                   .groupBy("user_id").agg(F.collect_set("term").alias("_new_terms")))
-        out = out.join(matched, "user_id", "left")
-        new_terms = F.coalesce("_new_terms", new_terms)
-    same = F.col("_old_seg").eqNullSafe(F.col("segment_id"))
-    terms = F.array_sort(F.array_distinct(F.concat(F.when(same, F.coalesce("_old_terms", F.array().cast(
-        "array<string>"))).otherwise(F.array().cast("array<string>")), new_terms)))
-    return out.select(
-        F.lit(model_run_id).alias("run_id"), "user_id", F.col("segment_id").cast("int"), "distance",
-        F.col("second_segment_id").cast("int"), "second_distance", "margin", terms.alias("matched_terms"),
-        "n_texts", "n_events", "lang", F.current_timestamp().alias("assigned_at"), F.lit(run_id).alias("assigned_by"))
-
-
-def _drift_row(spark: SparkSession, res: AssignResult, model_run: ModelRun) -> DataFrame:
-    d = res.drift
-    return spark.createDataFrame([{
-        "run_id": res.run_id, "model_run_id": model_run.run_id, "measured_at": datetime.now(timezone.utc),
-        "users": d.get("users"), "far_share": d.get("far_share"),
-        "distance_p95_train": model_run.params["drift_reference"]["distance_p95"], "psi": d.get("psi"),
-        "mean_shift": d.get("mean_shift"), "refit_recommended": bool(res.refit_reasons),
-        "reasons": res.refit_reasons}], DRIFT_DDL)
-
-
-def _write_run_row(spark: SparkSession, t: dict, res: AssignResult, mode: str, status: str, started: datetime,
-                   engine: str, error: str | None = None) -> None:
-    c, d = res.counts, res.drift
-    row = {
-        "run_id": res.run_id, "model_run_id": res.model_run_id, "mode": mode, "status": status, "error": error,
-        "started_at": started, "finished_at": datetime.now(timezone.utc) if status != "running" else None,
-        **{k: c.get(k) for k in ("texts_read", "texts_kept", "events_read", "events_kept", "quarantined",
-                                 "texts_embedded_new", "users_touched", "users_new", "users_changed")},
-        "quarantine_reasons": res.reasons, **res.watermarks,
-        "far_share": d.get("far_share"), "psi": d.get("psi"), "mean_shift": d.get("mean_shift"),
-        "refit_recommended": bool(res.refit_reasons), "stage_seconds": res.stage_seconds,
-    }
-    delta_io.write_run(spark.createDataFrame([row], ASSIGN_RUNS_DDL), t["assign_runs"], res.run_id, engine=engine)
-
-
-# --------------------------------------------------------------------------------------------
-# Batch and streaming drivers
-# --------------------------------------------------------------------------------------------
-
-
-def _mapped(df: DataFrame, conf: dict, name: str, source: str) -> DataFrame:
-    spec = config.TEXT_COLUMNS if name == "texts" else config.EVENT_COLUMNS
-    return ingest.map_columns(df, conf["input"]["columns"][name], spec, source, name)
-
-
-def run(spark: SparkSession, conf: dict, *, reassign_all: bool = False) -> AssignResult:
-    """One batch: the files under assign.texts / assign.events (or every stored user), holding
-    the output root's lock."""
-    config.require_catalog_engine(conf, delta_io.resolve_engine(spark, conf["output"]["engine"]))
-    with job_lock(spark, conf, "seglake-assign"):
-        res = _run_batch(spark, conf, reassign_all)
-        _register_tables(spark, conf)
-        return res
-
-
-def _register_tables(spark: SparkSession, conf: dict) -> None:
+def _register_tables(lake: Lake, conf: dict) -> None:
     """output.catalog_schema: the root's tables by name (the full job named its own; drift and
     assign_runs are this job's)."""
     if conf["output"]["catalog_schema"]:
-        delta_io.register_tables(spark, tables(conf["output"]["root"]), conf["output"]["catalog_schema"])
+        lake.register(conf["output"]["catalog_schema"], TABLES)
 
 
-def _run_batch(spark: SparkSession, conf: dict, reassign_all: bool) -> AssignResult:
-    root = conf["output"]["root"]
-    engine = conf["output"]["engine"]
-    model_run = find_model_run(spark, root, engine, conf["assign"]["model_run"])
-    refuse_half_written_state(spark, root, engine)
-    run_id = conf["run_id"] or unfinished_batch(spark, root, engine)
-    if run_id and not conf["run_id"]:
-        log.warning("assign run %s did not finish: completing it (its input must be the same files)", run_id)
-    run_id = run_id or new_run_id()
-    inputs = {}
-    if not reassign_all:
-        for name in ("texts", "events"):
-            src = conf["assign"][name]
-            if src["path"]:
-                raw = ingest.read_source(spark, src["path"], src["format"], src["options"], engine, name)
-                inputs[name] = _mapped(raw, conf, name, src["path"])
-    wm = last_watermarks(spark, root, engine) if conf["assign"]["watermark"] and not reassign_all else None
-    return assign_batch(spark, conf, inputs.get("texts"), inputs.get("events"), run_id, model_run,
-                        mode="reassign" if reassign_all else "batch", watermarks=wm, reassign_all=reassign_all)
+# --------------------------------------------------------------------------------------------
+# Streaming
+# --------------------------------------------------------------------------------------------
 
 
 def run_stream(spark: SparkSession, conf: dict) -> list[AssignResult]:
@@ -393,105 +379,55 @@ def run_stream(spark: SparkSession, conf: dict) -> list[AssignResult]:
     <prefix>-<batch id>; the checkpoint makes a restart resume where it stopped, and a
     replayed micro-batch is applied once (see the module docstring). The output root's lock is
     held while the stream runs."""
-    config.require_catalog_engine(conf, delta_io.resolve_engine(spark, conf["output"]["engine"]))
+    lake = Lake(spark, conf["output"]["root"], conf["output"]["engine"])
+    config.require_catalog_engine(conf, lake.engine)
     with job_lock(spark, conf, "seglake-assign --stream"):
-        return _run_stream(spark, conf)
+        return _run_stream(spark, conf, lake)
 
 
-def _run_stream(spark: SparkSession, conf: dict) -> list[AssignResult]:
-    root = conf["output"]["root"].rstrip("/")
-    a, engine = conf["assign"], conf["output"]["engine"]
-    model_run = find_model_run(spark, root, engine, a["model_run"])
-    refuse_half_written_state(spark, root, engine)
-    checkpoint = a["checkpoint"] or f"{root}/_checkpoints/assign"
+def _run_stream(spark: SparkSession, conf: dict, lake: Lake) -> list[AssignResult]:
+    a = AssignConf.of(conf)
+    model_run = find_model_run(lake, a.model_run)
+    refuse_half_written_state(lake)
+    checkpoint = a.checkpoint or f"{lake.root}/_checkpoints/assign"
     prefix = conf["run_id"] or "stream-" + hashlib.sha256(checkpoint.encode()).hexdigest()[:8]
-    streams = []
-    for name in ("texts", "events"):
-        if a[name]["path"]:
-            raw = ingest.read_stream(spark, a[name]["path"], a[name]["format"], a[name]["options"], engine, name,
-                                     a["max_files_per_trigger"])
-            streams.append(_mapped(raw, conf, name, a[name]["path"]).withColumn("_input", F.lit(name)))
-    if not streams:
+    names = [name for name in INPUTS if getattr(a, name).path]
+    if not names:
         raise config.ConfigError("assign.texts.path: streaming needs assign.texts.path or assign.events.path")
+    streams = [read_mapped(spark, conf, getattr(a, name), name, stream=True,
+                           max_files_per_trigger=a.max_files_per_trigger).withColumn("_input", F.lit(name))
+               for name in names]
     stream = streams[0] if len(streams) == 1 else streams[0].unionByName(streams[1], allowMissingColumns=True)
     results: list[AssignResult] = []
-    cols = {"texts": config.TEXT_COLUMNS, "events": config.EVENT_COLUMNS}
+    spec = {"texts": config.TEXT_COLUMNS, "events": config.EVENT_COLUMNS}
 
     def handle(batch: DataFrame, batch_id: int) -> None:
         batch = batch.persist(StorageLevel.MEMORY_AND_DISK)
         try:
-            parts = {}
-            for name, spec in cols.items():
-                if a[name]["path"]:
-                    part = batch.where(F.col("_input") == name).select(*spec["required"], *spec["optional"],
-                                                                       ingest.CORRUPT)
-                    parts[name] = part
+            parts = {name: batch.where(F.col("_input") == name).select(
+                *spec[name]["required"], *spec[name]["optional"], ingest.CORRUPT) for name in names}
             # No watermark filter: the file source hands each file over exactly once.
             results.append(assign_batch(spark, conf, parts.get("texts"), parts.get("events"),
                                         f"{prefix}-{batch_id:06d}", model_run, mode="stream"))
             if len(results) == 1:  # once per stream: the first batch has written every table there is
-                _register_tables(spark, conf)
+                _register_tables(lake, conf)
         finally:
             batch.unpersist()
 
     writer = stream.writeStream.foreachBatch(handle).option("checkpointLocation", checkpoint)
-    writer = writer.trigger(availableNow=True) if a["trigger"] == "available-now" else writer.trigger(
-        processingTime=a["trigger"])
+    writer = writer.trigger(availableNow=True) if a.trigger == "available-now" else writer.trigger(
+        processingTime=a.trigger)
     query = writer.queryName(f"seglake-assign-{prefix}").start()
     log.info("streaming assign: query %s, checkpoint %s, model run %s", query.id, checkpoint, model_run.run_id)
     query.awaitTermination()
     return results
 
 
-# --------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="seglake-assign",
-        description="Assign new and changed users to the segments of a saved model run, incrementally: "
-                    "updates user_vectors, MERGEs user_segments, records segment_history, drift and assign_runs.")
-    p.add_argument("--conf", help="YAML conf profile (the same as the full job's)")
-    p.add_argument("--texts", help="new texts: a file or folder (default assign.texts.path)")
-    p.add_argument("--texts-format", choices=config.FORMATS)
-    p.add_argument("--events", help="new events: a file or folder (default assign.events.path)")
-    p.add_argument("--events-format", choices=config.FORMATS)
-    p.add_argument("--output", help="output root holding the full job's tables (default lakehouse)")
-    p.add_argument("--model-run", help="full run whose model assigns (default: the latest succeeded one)")
-    p.add_argument("--model-path", help="BERT model directory (must be the one the model run used)")
-    p.add_argument("--run-id", help="run id of this batch (streaming: prefix of the micro-batch run ids)")
-    p.add_argument("--engine", choices=("auto", "native", "delta-rs"), help="Delta writer (default auto)")
-    p.add_argument("--catalog-schema", help="also register the tables by name in this catalog schema "
-                                            "(e.g. main.seglake; native Delta only)")
-    p.add_argument("--no-watermark", action="store_true", help="apply every input row, ignoring the last watermark")
-    p.add_argument("--reassign-all", action="store_true", help="re-assign every user in user_vectors (no new input)")
-    p.add_argument("--refit-if-drifted", action="store_true",
-                   help="when drift passes the drift.* thresholds, run the full job on input.* afterwards")
-    p.add_argument("--stream", action="store_true", help="Structured Streaming over the input folders")
-    p.add_argument("--checkpoint", help="streaming checkpoint location (default <output>/_checkpoints/assign)")
-    p.add_argument("--trigger", help="streaming trigger: available-now (default) or an interval like '60 seconds'")
-    p.add_argument("--max-files-per-trigger", type=int, help="streaming: files per micro-batch")
-    p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
-                   help="logging level (default INFO)")
-    return p.parse_args(argv)
-
-
-def overrides_from_args(args: argparse.Namespace) -> dict:
-    """Flags -> a nested conf override (only the flags that were given)."""
-    o = config.flag_overrides(args, "assign")
-    for key, value in (("assign.model_run", args.model_run), ("assign.checkpoint", args.checkpoint),
-                       ("assign.trigger", args.trigger), ("assign.max_files_per_trigger", args.max_files_per_trigger),
-                       ("assign.watermark", False if args.no_watermark else None)):
-        config.put(o, key, value)
-    return o
-
-
 def render(res: AssignResult) -> str:
+    """The console summary of one assign run."""
     c, d = res.counts, res.drift
     lines = [f"SegLake assign run {res.run_id} (model run {res.model_run_id})"]
-    for name in ("texts", "events"):
+    for name in INPUTS:
         if f"{name}_read" in c:
             lines.append(f"{name:<7} read {c[f'{name}_read']:>8}  kept {c[f'{name}_kept']:>8}")
     lines += [f"    {k:<40} {v:>6}" for k, v in sorted(res.reasons.items())]
@@ -501,40 +437,3 @@ def render(res: AssignResult) -> str:
         lines.append(f"drift: far share {d['far_share']:.3f}, PSI {d['psi']:.3f}, mean shift {d['mean_shift']:.3f}"
                      + (f"  -> re-fit recommended: {'; '.join(res.refit_reasons)}" if res.refit_reasons else ""))
     return "\n".join(lines + summary.stage_table(res.stage_seconds))
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    setup_logging(args.log_level)
-    try:
-        conf = config.load(args.conf, overrides_from_args(args), job="assign")
-        if not (args.reassign_all or conf["assign"]["texts"]["path"] or conf["assign"]["events"]["path"]):
-            raise config.ConfigError("assign.texts.path: give --texts and/or --events (or --reassign-all)")
-        if args.refit_if_drifted and not conf["input"]["texts"]["path"]:
-            raise config.ConfigError("input.texts.path: --refit-if-drifted runs the full job, which needs the full "
-                                     "history under input.texts (and input.events)")
-        preflight(conf)  # model directory and pseudonym key, before any Spark work
-    except (config.ConfigError, ValueError) as exc:
-        print(f"seglake-assign: configuration error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        spark = build_session({**conf["spark"], "app_name": "seglake-assign"}, conf["output"]["engine"])
-    except DeltaUnavailable as exc:
-        print(f"seglake-assign: configuration error: {exc}", file=sys.stderr)
-        return 2
-    results, code = run_cli("seglake-assign", lambda: run_stream(spark, conf) if args.stream
-                            else [run(spark, conf, reassign_all=args.reassign_all)])
-    if code:
-        return code
-    for res in results:
-        print(render(res))
-    if args.refit_if_drifted and any(r.refit_reasons for r in results):
-        from jobs import segment_users, summary
-
-        log.warning("drift past the thresholds: running the full job on %s", conf["input"]["texts"]["path"])
-        print(summary.render(segment_users.run(spark, {**conf, "run_id": None})))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

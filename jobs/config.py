@@ -1,8 +1,11 @@
-"""Job configuration: defaults, YAML profiles, command-line overrides and validation.
+"""Job configuration: one dataclass per conf section (its defaults and its checks), YAML
+profiles, command-line overrides.
 
-Config is read on the driver only; stages receive plain values. Every key has a default
-here, a profile file overrides some, flags override the file. Unknown keys are errors
-(a typo must not silently fall back to a default).
+Config is read on the driver only. The conf travels as a plain nested dict (YAML in, the
+JSON snapshot in the runs table out); stages take their section as a frozen dataclass
+(`EmbedConf.of(conf)`), so a stage's settings are typed and documented in one place. Every
+key has a default here, a profile file overrides some, flags override the file. Unknown keys
+are errors (a typo must not silently fall back to a default).
 """
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ import copy
 import json
 import os
 import re
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
@@ -18,119 +22,408 @@ FORMATS = ("csv", "json", "parquet", "delta", "table")  # table: a catalog table
 EVENT_TYPES = ("view", "click", "cart", "purchase", "rating")
 TEXT_COLUMNS = {"required": ("user_id", "text"), "optional": ("ts", "item_id", "lang")}
 EVENT_COLUMNS = {"required": ("user_id", "item_id", "event_type"), "optional": ("rating", "category", "ts")}
-
-DEFAULTS: dict[str, Any] = {
-    "spark": {
-        "master": "local[2]",  # ignored when spark-submit or a cluster already set one
-        "app_name": "seglake-segment",
-        "conf": {},
-    },
-    "input": {
-        "texts": {"path": None, "format": "csv", "options": {}},
-        "events": {"path": None, "format": "csv", "options": {}},
-        # logical name -> column name in the file
-        "columns": {
-            "texts": {c: c for c in TEXT_COLUMNS["required"] + TEXT_COLUMNS["optional"]},
-            "events": {c: c for c in EVENT_COLUMNS["required"] + EVENT_COLUMNS["optional"]},
-        },
-        "timestamp_format": None,  # None: ISO-8601 / Spark's default timestamp parsing
-        "rating_range": [1.0, 5.0],
-    },
-    # Row rules applied after validation (bad rows go to quarantine with the reason).
-    "ingest": {
-        "dedupe_rows": True,  # identical rows of a user: one is kept, the others are duplicate_row
-        "max_texts_per_user": 1000,  # the most recent N texts per user; older ones: over_user_cap
-        "max_events_per_user": None,  # None: no cap (events are aggregated, not embedded)
-    },
-    "clean": {"max_tokens": 256, "max_chars": 100000},
-    "embed": {
-        "model_path": None,  # None: the packaged all-MiniLM-L6-v2
-        "batch_size": 64,
-        "token_budget": 8192,
-        "max_tokens": None,  # None: the model's max_seq_length
-        "device": "auto",
-        "precision": "auto",
-        "threads_per_task": None,  # None: spark.task.cpus
-        "partitions": None,  # None: 2 x default parallelism
-        "dedupe": True,
-        "cache": True,  # reuse vectors from <output>/text_embeddings for the same model id
-    },
-    "user_vectors": {
-        "pooling": "mean",
-        "half_life_days": 30.0,
-        "behaviour_weight": 0.3,
-        "top_categories": 10,
-    },
-    "cluster": {
-        "algorithm": "kmeans",
-        "k": "auto",
-        "k_min": 2,
-        "k_max": 12,
-        "sample_size": 20000,
-        "fit_sample_size": 100000,  # the final model is fitted on at most this many users (null: all)
-        "seed": 42,
-        "max_iter": 40,
-        "n_init": 3,  # restarts per fit; the lowest cost wins
-        "init_steps": 2,  # k-means|| rounds (MLlib's default; the large-data profiles use 1, see bench/cluster_scale.py)
-        "k_tolerance": 0.01,  # k auto: smallest k with silhouette >= best - tolerance
-        "stability_seeds": 0,  # >= 2: refit with this many seeds on the sample, report mean pairwise ARI
-        "stability_min_ari": 0.8,  # below it the run is flagged unstable
-        "distance": "euclidean",
-    },
-    "privacy": {
-        "pseudonymize_user_ids": False,  # replace user ids by HMAC-SHA256 pseudonyms at ingest
-        "key_source": "env:SEGLAKE_USER_ID_KEY",  # where the key lives (env:NAME | databricks-secret:SCOPE/KEY)
-        "min_segment_size": 0,  # segments with fewer users are merged or have their profiles suppressed
-        "small_segments": "merge",  # merge | suppress
-    },
-    "profile": {"top_terms": 10, "representative_texts": 5, "top_categories": 3, "typical_users": 5, "bigrams": True},
-    # Per-segment item rankings from the events (jobs/recommend.py); skipped without events.
-    "recommend": {
-        "enabled": True,
-        "top_n": 50,  # items per segment in segment_recommendations (and per user)
-        "event_weights": {"view": 1.0, "click": 2.0, "cart": 4.0, "purchase": 8.0, "rating": 4.0},
-        "half_life_days": 90.0,  # time decay of an event's weight (null: none), from the events watermark
-        "lift_weight": 0.5,  # 0: popularity inside the segment; 1: what sets the segment apart
-        "lift_prior": 20.0,  # pseudo-interactions pulling small segments toward overall shares
-        "min_users": 2,  # an item counts for a segment once this many of its users interacted with it
-        "reason_terms": 3,  # segment terms its users wrote about the item
-        "user_table": False,  # also write user_recommendations (n rows per user: can be large)
-    },
-    # lock: one run at a time per output root (a second one fails, or waits lock_wait_s seconds).
-    # catalog_schema: also name the tables in this catalog schema (e.g. Unity Catalog main.seglake);
-    # needs the native engine. change_data_feed: Delta's Change Data Feed on user_segments, so
-    # downstream readers can read only the rows that changed since a version.
-    "output": {"root": "lakehouse", "engine": "auto", "report": True, "lock": True, "lock_wait_s": 0,
-               "catalog_schema": None, "change_data_feed": False},
-    # seglake-assign: new texts/events since the last watermark, assigned with a saved model.
-    "assign": {
-        "texts": {"path": None, "format": "csv", "options": {}},
-        "events": {"path": None, "format": "csv", "options": {}},
-        "model_run": None,  # None: the latest succeeded full run
-        "watermark": True,  # skip (quarantine as before_watermark) rows not newer than the last run's
-        "checkpoint": None,  # streaming: checkpoint location (default <output>/_checkpoints/assign)
-        "trigger": "available-now",  # streaming: available-now, or a processing-time interval like "60 seconds"
-        "max_files_per_trigger": None,
-    },
-    # MLflow (jobs/tracking.py): auto tracks when mlflow is installed; true requires it; false: off.
-    "tracking": {
-        "mlflow": "auto",
-        "uri": None,  # None: $MLFLOW_TRACKING_URI, the workspace on Databricks, else <output>/_mlflow (SQLite)
-        "experiment": None,  # None: $MLFLOW_EXPERIMENT_NAME or "seglake" (Databricks: a workspace path)
-        "log_model": True,  # the fitted MLlib model in MLflow's spark flavour
-    },
-    # Past any of these an assign run sets refit_recommended in the drift table.
-    "drift": {"max_far_share": 0.15, "max_psi": 0.25, "max_mean_shift": 0.25, "min_users": 100},
-    "run_id": None,
-}
-
-
-FREE_FORM = ("spark.conf", "input.texts.options", "input.events.options", "assign.texts.options",
-             "assign.events.options")
+RUN_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
 
 
 class ConfigError(ValueError):
     """A configuration problem, with the offending key in the message."""
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+S = TypeVar("S", bound="Section")
+
+
+@dataclass(frozen=True)
+class Section:
+    """A conf section: its fields are the keys, with their defaults; `check` raises
+    ConfigError naming the first invalid key."""
+
+    KEY: ClassVar[str] = ""
+
+    @classmethod
+    def of(cls: type[S], conf: dict) -> S:
+        """This section of a loaded conf, typed."""
+        return _build(cls, get(conf, cls.KEY))
+
+    def check(self) -> None:
+        """Nothing to check unless the section says so."""
+
+    def _key(self, name: str) -> str:
+        return f"{self.KEY}.{name}"
+
+    def _int(self, name: str, lo: int, hi: int | None = None, *, optional: bool = False) -> None:
+        value = getattr(self, name)
+        if optional and value is None:
+            return
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= lo and (hi is None or value <= hi)
+        _check(ok, self._key(name), f"must be an integer >= {lo}" + (f" and <= {hi}" if hi else "") + f", got {value!r}")
+
+    def _choice(self, name: str, choices: tuple) -> None:
+        value = getattr(self, name)
+        _check(value in choices, self._key(name), f"must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+    def _bool(self, *names: str) -> None:
+        for name in names:
+            _check(isinstance(getattr(self, name), bool), self._key(name), "must be true or false")
+
+    def _share(self, *names: str) -> None:
+        for name in names:
+            v = getattr(self, name)
+            _check(_number(v) and 0 <= v <= 1, self._key(name), f"must be a number in [0, 1], got {v!r}")
+
+    def _nonneg(self, *names: str) -> None:
+        for name in names:
+            v = getattr(self, name)
+            _check(_number(v) and v >= 0, self._key(name), f"must be a number >= 0, got {v!r}")
+
+
+def _build(cls: type[S], values: dict) -> S:
+    """cls(**values), nested sections (a field whose default is a dataclass) built too."""
+    kwargs = {}
+    for f in fields(cls):
+        v = values[f.name]
+        sub = f.metadata.get("section")
+        kwargs[f.name] = _build(sub, v) if sub is not None else v
+    return cls(**kwargs)
+
+
+def _sub(cls: type[S], **defaults: Any) -> Any:
+    """A nested section field (input.texts, assign.events, ...)."""
+    return field(default_factory=lambda: cls(**defaults), metadata={"section": cls})
+
+
+@dataclass(frozen=True)
+class Source(Section):
+    """An input: a path (file, folder or, with format `table`, a catalog table name), its
+    format and reader options."""
+
+    path: str | None = None
+    format: str = "csv"
+    options: dict = field(default_factory=dict)
+
+    def check_at(self, key: str) -> None:
+        _check(self.format in FORMATS, f"{key}.format", f"must be one of {', '.join(FORMATS)}; got {self.format!r}")
+        _check(isinstance(self.options, dict), f"{key}.options", "must be a mapping")
+
+
+@dataclass(frozen=True)
+class SparkConf(Section):
+    KEY = "spark"
+    master: str = "local[2]"  # ignored when spark-submit or a cluster already set one
+    app_name: str = "seglake-segment"
+    conf: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InputConf(Section):
+    KEY = "input"
+    texts: Source = _sub(Source)
+    events: Source = _sub(Source)
+    # logical name -> column name in the file
+    columns: dict = field(default_factory=lambda: {
+        "texts": {c: c for c in TEXT_COLUMNS["required"] + TEXT_COLUMNS["optional"]},
+        "events": {c: c for c in EVENT_COLUMNS["required"] + EVENT_COLUMNS["optional"]},
+    })
+    timestamp_format: str | None = None  # None: ISO-8601 / Spark's default timestamp parsing
+    rating_range: list = field(default_factory=lambda: [1.0, 5.0])
+
+    def check(self) -> None:
+        self.texts.check_at("input.texts")
+        self.events.check_at("input.events")
+        for name, spec in (("texts", TEXT_COLUMNS), ("events", EVENT_COLUMNS)):
+            mapping = self.columns[name]
+            for logical in spec["required"]:
+                _check(isinstance(mapping.get(logical), str) and mapping[logical], f"input.columns.{name}.{logical}",
+                       "required column needs a non-empty column name")
+            for logical, column in mapping.items():
+                _check(column is None or isinstance(column, str), f"input.columns.{name}.{logical}",
+                       "must be a column name or null")
+        lo, hi = (list(self.rating_range) + [None, None])[:2]
+        _check(isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo < hi, "input.rating_range",
+               f"must be [min, max] with min < max, got {self.rating_range!r}")
+
+
+@dataclass(frozen=True)
+class IngestConf(Section):
+    """Row rules applied after validation (bad rows go to quarantine with the reason)."""
+
+    KEY = "ingest"
+    dedupe_rows: bool = True  # identical rows of a user: one is kept, the others are duplicate_row
+    max_texts_per_user: int | None = 1000  # the most recent N texts per user; older ones: over_user_cap
+    max_events_per_user: int | None = None  # None: no cap (events are aggregated, not embedded)
+
+    def check(self) -> None:
+        self._bool("dedupe_rows")
+        self._int("max_texts_per_user", 1, optional=True)
+        self._int("max_events_per_user", 1, optional=True)
+
+
+@dataclass(frozen=True)
+class CleanConf(Section):
+    KEY = "clean"
+    max_tokens: int = 256
+    max_chars: int | None = 100000
+
+    def check(self) -> None:
+        self._int("max_tokens", 1)
+        self._int("max_chars", 100, optional=True)
+
+
+@dataclass(frozen=True)
+class EmbedConf(Section):
+    KEY = "embed"
+    model_path: str | None = None  # None: the packaged all-MiniLM-L6-v2
+    batch_size: int = 64
+    token_budget: int = 8192
+    max_tokens: int | None = None  # None: the model's max_seq_length
+    device: str = "auto"
+    precision: str = "auto"
+    threads_per_task: int | None = None  # None: spark.task.cpus
+    partitions: int | None = None  # None: 2 x default parallelism
+    dedupe: bool = True
+    cache: bool = True  # reuse vectors from <output>/text_embeddings for the same model id
+
+    def check(self) -> None:
+        self._int("batch_size", 1)
+        self._int("token_budget", 16)
+        self._int("max_tokens", 1, 8192, optional=True)
+        self._int("threads_per_task", 1, optional=True)
+        self._int("partitions", 1, optional=True)
+        _check(self.model_path is None or isinstance(self.model_path, str), "embed.model_path",
+               "must be a directory path or null")
+        self._choice("device", ("auto", "cpu", "cuda"))
+        self._bool("cache")
+        self._choice("precision", ("auto", "fp32", "fp16", "bf16"))
+
+    @property
+    def settings(self) -> dict:
+        """The UDF's batching and device settings."""
+        return {k: getattr(self, k) for k in ("batch_size", "token_budget", "max_tokens", "device", "precision")}
+
+
+@dataclass(frozen=True)
+class UserVectorsConf(Section):
+    KEY = "user_vectors"
+    pooling: str = "mean"
+    half_life_days: float = 30.0
+    behaviour_weight: float = 0.3
+    top_categories: int = 10
+
+    def check(self) -> None:
+        self._choice("pooling", ("mean", "recency"))
+        hl = self.half_life_days
+        _check(isinstance(hl, (int, float)) and hl > 0, "user_vectors.half_life_days", f"must be > 0, got {hl!r}")
+        w = self.behaviour_weight
+        _check(isinstance(w, (int, float)) and 0 <= w < 1, "user_vectors.behaviour_weight",
+               f"must be in [0, 1), got {w!r}")
+        self._int("top_categories", 0, 1000)
+
+
+@dataclass(frozen=True)
+class ClusterConf(Section):
+    KEY = "cluster"
+    algorithm: str = "kmeans"
+    k: int | str = "auto"
+    k_min: int = 2
+    k_max: int = 12
+    sample_size: int = 20000
+    fit_sample_size: int | None = 100000  # the final model is fitted on at most this many users (null: all)
+    seed: int = 42
+    max_iter: int = 40
+    n_init: int = 3  # restarts per fit; the lowest cost wins
+    init_steps: int = 2  # k-means|| rounds (MLlib's default; the large-data profiles use 1, see bench/cluster_scale.py)
+    k_tolerance: float = 0.01  # k auto: smallest k with silhouette >= best - tolerance
+    stability_seeds: int = 0  # >= 2: refit with this many seeds on the sample, report mean pairwise ARI
+    stability_min_ari: float = 0.8  # below it the run is flagged unstable
+    distance: str = "euclidean"
+
+    def check(self) -> None:
+        self._choice("algorithm", ("kmeans", "bisecting"))
+        self._choice("distance", ("euclidean", "cosine"))
+        if self.k != "auto":
+            self._int("k", 2)
+        self._int("k_min", 2)
+        self._int("k_max", 2)
+        _check(self.k_min <= self.k_max, "cluster.k_min", "must be <= cluster.k_max")
+        self._int("sample_size", 10)
+        self._int("fit_sample_size", 10, optional=True)
+        self._int("seed", 0)
+        self._int("max_iter", 1)
+        self._int("n_init", 1, 50)
+        self._int("init_steps", 1, 20)
+        self._int("stability_seeds", 0, 20)
+        self._share("k_tolerance", "stability_min_ari")
+
+    @property
+    def fit_settings(self) -> dict:
+        """What every MLlib fit of the run takes."""
+        return {k: getattr(self, k) for k in ("algorithm", "seed", "max_iter", "distance", "n_init", "init_steps")}
+
+
+@dataclass(frozen=True)
+class PrivacyConf(Section):
+    KEY = "privacy"
+    pseudonymize_user_ids: bool = False  # replace user ids by HMAC-SHA256 pseudonyms at ingest
+    key_source: str = "env:SEGLAKE_USER_ID_KEY"  # where the key lives (env:NAME | databricks-secret:SCOPE/KEY)
+    min_segment_size: int = 0  # segments with fewer users are merged or have their profiles suppressed
+    small_segments: str = "merge"  # merge | suppress
+
+    def check(self) -> None:
+        self._bool("pseudonymize_user_ids")
+        ks = self.key_source
+        _check(isinstance(ks, str) and re.fullmatch(r"env:\w+|databricks-secret:[\w.-]+/[\w.-]+", ks) is not None,
+               "privacy.key_source", f"must be 'env:NAME' or 'databricks-secret:SCOPE/KEY' (the key itself never "
+               f"goes in the conf); got {ks!r}")
+        self._int("min_segment_size", 0)
+        self._choice("small_segments", ("merge", "suppress"))
+
+
+@dataclass(frozen=True)
+class ProfileConf(Section):
+    KEY = "profile"
+    top_terms: int = 10
+    representative_texts: int = 5
+    top_categories: int = 3
+    typical_users: int = 5
+    bigrams: bool = True
+
+    def check(self) -> None:
+        self._int("top_terms", 1)
+        for name in ("representative_texts", "top_categories", "typical_users"):
+            self._int(name, 0)
+
+
+@dataclass(frozen=True)
+class RecommendConf(Section):
+    """Per-segment item rankings from the events (jobs/recommend.py); skipped without events."""
+
+    KEY = "recommend"
+    enabled: bool = True
+    top_n: int = 50  # items per segment in segment_recommendations (and per user)
+    event_weights: dict = field(default_factory=lambda: {
+        "view": 1.0, "click": 2.0, "cart": 4.0, "purchase": 8.0, "rating": 4.0})
+    half_life_days: float | None = 90.0  # time decay of an event's weight (null: none), from the events watermark
+    lift_weight: float = 0.5  # 0: popularity inside the segment; 1: what sets the segment apart
+    lift_prior: float = 20.0  # pseudo-interactions pulling small segments toward overall shares
+    min_users: int = 2  # an item counts for a segment once this many of its users interacted with it
+    reason_terms: int = 3  # segment terms its users wrote about the item
+    user_table: bool = False  # also write user_recommendations (n rows per user: can be large)
+
+    def check(self) -> None:
+        self._bool("enabled", "user_table")
+        self._int("top_n", 1, 10000)
+        self._int("min_users", 1)
+        self._int("reason_terms", 0, 100)
+        for etype, v in self.event_weights.items():
+            _check(_number(v) and v >= 0, f"recommend.event_weights.{etype}", f"must be a number >= 0, got {v!r}")
+        _check(any(v > 0 for v in self.event_weights.values()), "recommend.event_weights",
+               "at least one weight must be > 0 (or no event would count)")
+        hl = self.half_life_days
+        _check(hl is None or (_number(hl) and hl > 0), "recommend.half_life_days", f"must be > 0 or null, got {hl!r}")
+        self._nonneg("lift_weight", "lift_prior")
+
+
+@dataclass(frozen=True)
+class OutputConf(Section):
+    """lock: one run at a time per output root (a second one fails, or waits lock_wait_s
+    seconds). catalog_schema: also name the tables in this catalog schema (e.g. Unity Catalog
+    main.seglake); needs the native engine. change_data_feed: Delta's Change Data Feed on
+    user_segments, so downstream readers can read only the rows that changed since a version."""
+
+    KEY = "output"
+    root: str = "lakehouse"
+    engine: str = "auto"
+    report: bool = True
+    lock: bool = True
+    lock_wait_s: float = 0
+    catalog_schema: str | None = None
+    change_data_feed: bool = False
+
+    def check(self) -> None:
+        self._bool("report", "lock", "change_data_feed")
+        lw = self.lock_wait_s
+        _check(isinstance(lw, (int, float)) and not isinstance(lw, bool) and lw >= 0, "output.lock_wait_s",
+               f"must be a number of seconds >= 0, got {lw!r}")
+        _check(bool(self.root), "output.root", "is required")
+        self._choice("engine", ("auto", "native", "delta-rs"))
+        cs = self.catalog_schema
+        _check(cs is None or (isinstance(cs, str) and re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)?", cs) is not None),
+               "output.catalog_schema", f"must be 'schema' or 'catalog.schema' (letters, digits, _); got {cs!r}")
+
+
+@dataclass(frozen=True)
+class AssignConf(Section):
+    """seglake-assign: new texts/events since the last watermark, assigned with a saved model."""
+
+    KEY = "assign"
+    texts: Source = _sub(Source)
+    events: Source = _sub(Source)
+    model_run: str | None = None  # None: the latest succeeded full run
+    watermark: bool = True  # skip (quarantine as before_watermark) rows not newer than the last run's
+    checkpoint: str | None = None  # streaming: checkpoint location (default <output>/_checkpoints/assign)
+    trigger: str = "available-now"  # streaming: available-now, or a processing-time interval like "60 seconds"
+    max_files_per_trigger: int | None = None
+
+    def check(self) -> None:
+        self.texts.check_at("assign.texts")
+        self.events.check_at("assign.events")
+        self._bool("watermark")
+        self._int("max_files_per_trigger", 1, optional=True)
+        trig = self.trigger
+        _check(isinstance(trig, str) and (trig == "available-now" or re.fullmatch(r"\d+ (second|minute|hour)s?", trig)),
+               "assign.trigger", f"must be 'available-now' or an interval like '60 seconds'; got {trig!r}")
+
+
+@dataclass(frozen=True)
+class TrackingConf(Section):
+    """MLflow (jobs/tracking.py): auto tracks when mlflow is installed; true requires it; false: off."""
+
+    KEY = "tracking"
+    mlflow: bool | str = "auto"
+    uri: str | None = None  # None: $MLFLOW_TRACKING_URI, the workspace on Databricks, else <output>/_mlflow (SQLite)
+    experiment: str | None = None  # None: $MLFLOW_EXPERIMENT_NAME or "seglake" (Databricks: a workspace path)
+    log_model: bool = True  # the fitted MLlib model in MLflow's spark flavour
+
+    def check(self) -> None:
+        _check(self.mlflow in ("auto", True, False), "tracking.mlflow",
+               f"must be auto, true or false; got {self.mlflow!r}")
+        for name in ("uri", "experiment"):
+            v = getattr(self, name)
+            _check(v is None or (isinstance(v, str) and v), f"tracking.{name}",
+                   f"must be a non-empty string or null, got {v!r}")
+        self._bool("log_model")
+
+
+@dataclass(frozen=True)
+class DriftConf(Section):
+    """Past any of these an assign run sets refit_recommended in the drift table."""
+
+    KEY = "drift"
+    max_far_share: float = 0.15
+    max_psi: float = 0.25
+    max_mean_shift: float = 0.25
+    min_users: int = 100
+
+    def check(self) -> None:
+        self._nonneg("max_far_share", "max_psi", "max_mean_shift")
+        self._int("min_users", 0)
+
+
+SECTIONS: tuple[type[Section], ...] = (
+    SparkConf, InputConf, IngestConf, CleanConf, EmbedConf, UserVectorsConf, ClusterConf, PrivacyConf,
+    ProfileConf, RecommendConf, OutputConf, AssignConf, TrackingConf, DriftConf)
+DEFAULTS: dict[str, Any] = {**{cls.KEY: asdict(cls()) for cls in SECTIONS}, "run_id": None}
+# Keys whose mapping takes any keys (Spark settings, reader options).
+FREE_FORM = ("spark.conf", "input.texts.options", "input.events.options", "assign.texts.options",
+             "assign.events.options")
 
 
 def _merge(base: dict, override: dict, path: str = "") -> dict:
@@ -173,24 +466,17 @@ def load(path: str | None = None, overrides: dict | None = None, job: str = "seg
     return conf
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
-
-
-def _check(cond: bool, key: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"{key}: {msg}")
-
-
-def _int(conf: dict, key: str, lo: int, hi: int | None = None) -> None:
-    value = get(conf, key)
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= lo and (hi is None or value <= hi)
-    _check(ok, key, f"must be an integer >= {lo}" + (f" and <= {hi}" if hi else "") + f", got {value!r}")
-
-
-def _choice(conf: dict, key: str, choices: tuple) -> None:
-    value = get(conf, key)
-    _check(value in choices, key, f"must be one of {', '.join(map(str, choices))}; got {value!r}")
+def validate(conf: dict, job: str = "segment") -> None:
+    """Raise ConfigError naming the first invalid key: each section's own checks, then the
+    ones across sections."""
+    if job == "segment":
+        _check(bool(conf["input"]["texts"]["path"]), "input.texts.path", "is required (--texts PATH)")
+    for cls in SECTIONS:
+        cls.of(conf).check()
+    rid = conf["run_id"]
+    if rid is not None:
+        _check(isinstance(rid, str) and re.fullmatch(RUN_ID_PATTERN, rid) is not None,
+               "run_id", f"must match [A-Za-z0-9][A-Za-z0-9_.-]* (it names a table partition); got {rid!r}")
 
 
 def put(tree: dict, key: str, value: Any) -> None:
@@ -204,154 +490,11 @@ def put(tree: dict, key: str, value: Any) -> None:
     tree[last] = value
 
 
-def flag_overrides(args: Any, section: str) -> dict:
-    """The command-line flags both jobs share, as a nested override: input paths and formats
-    (under `section`: input for the full job, assign for seglake-assign), output root,
-    Delta engine, model directory and run id. Flags not given are left out."""
-    o: dict = {}
-    for name in ("texts", "events"):
-        put(o, f"{section}.{name}.path", getattr(args, name))
-        put(o, f"{section}.{name}.format", getattr(args, f"{name}_format"))
-    for key, value in (("output.root", args.output), ("output.engine", args.engine),
-                       ("output.catalog_schema", args.catalog_schema or None),  # "": not set (bundle default)
-                       ("embed.model_path", args.model_path), ("run_id", args.run_id)):
-        put(o, key, value)
-    return o
-
-
 def get(conf: dict, key: str) -> Any:
     node = conf
     for part in key.split("."):
         node = node[part]
     return node
-
-
-def validate(conf: dict, job: str = "segment") -> None:
-    """Raise ConfigError naming the first invalid key."""
-    texts = conf["input"]["texts"]
-    if job == "segment":
-        _check(bool(texts["path"]), "input.texts.path", "is required (--texts PATH)")
-    for section in ("input", "assign"):
-        for name in ("texts", "events"):
-            _choice(conf, f"{section}.{name}.format", FORMATS)
-            _check(isinstance(conf[section][name]["options"], dict), f"{section}.{name}.options", "must be a mapping")
-    a = conf["assign"]
-    _check(isinstance(a["watermark"], bool), "assign.watermark", "must be true or false")
-    if a["max_files_per_trigger"] is not None:
-        _int(conf, "assign.max_files_per_trigger", 1)
-    trig = a["trigger"]
-    _check(isinstance(trig, str) and (trig == "available-now" or re.fullmatch(r"\d+ (second|minute|hour)s?", trig)),
-           "assign.trigger", f"must be 'available-now' or an interval like '60 seconds'; got {trig!r}")
-    for key in ("drift.max_far_share", "drift.max_psi", "drift.max_mean_shift"):
-        v = get(conf, key)
-        _check(_number(v) and v >= 0, key, f"must be a number >= 0, got {v!r}")
-    _int(conf, "drift.min_users", 0)
-    for name, spec in (("texts", TEXT_COLUMNS), ("events", EVENT_COLUMNS)):
-        mapping = conf["input"]["columns"][name]
-        for logical in spec["required"]:
-            _check(isinstance(mapping.get(logical), str) and mapping[logical], f"input.columns.{name}.{logical}",
-                   "required column needs a non-empty column name")
-        for logical, column in mapping.items():
-            _check(column is None or isinstance(column, str), f"input.columns.{name}.{logical}",
-                   "must be a column name or null")
-    lo, hi = (conf["input"]["rating_range"] + [None, None])[:2]
-    _check(isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo < hi, "input.rating_range",
-           f"must be [min, max] with min < max, got {conf['input']['rating_range']!r}")
-    _int(conf, "clean.max_tokens", 1)
-    if conf["clean"]["max_chars"] is not None:
-        _int(conf, "clean.max_chars", 100)
-    _check(isinstance(conf["ingest"]["dedupe_rows"], bool), "ingest.dedupe_rows", "must be true or false")
-    for key in ("ingest.max_texts_per_user", "ingest.max_events_per_user"):
-        if get(conf, key) is not None:
-            _int(conf, key, 1)
-    _int(conf, "embed.batch_size", 1)
-    _int(conf, "embed.token_budget", 16)
-    if conf["embed"]["max_tokens"] is not None:
-        _int(conf, "embed.max_tokens", 1, 8192)
-    if conf["embed"]["threads_per_task"] is not None:
-        _int(conf, "embed.threads_per_task", 1)
-    if conf["embed"]["partitions"] is not None:
-        _int(conf, "embed.partitions", 1)
-    mp = conf["embed"]["model_path"]
-    _check(mp is None or isinstance(mp, str), "embed.model_path", "must be a directory path or null")
-    _choice(conf, "embed.device", ("auto", "cpu", "cuda"))
-    _check(isinstance(conf["embed"]["cache"], bool), "embed.cache", "must be true or false")
-    _choice(conf, "embed.precision", ("auto", "fp32", "fp16", "bf16"))
-    _choice(conf, "user_vectors.pooling", ("mean", "recency"))
-    hl = conf["user_vectors"]["half_life_days"]
-    _check(isinstance(hl, (int, float)) and hl > 0, "user_vectors.half_life_days", f"must be > 0, got {hl!r}")
-    w = conf["user_vectors"]["behaviour_weight"]
-    _check(isinstance(w, (int, float)) and 0 <= w < 1, "user_vectors.behaviour_weight",
-           f"must be in [0, 1), got {w!r}")
-    _int(conf, "user_vectors.top_categories", 0, 1000)
-    _choice(conf, "cluster.algorithm", ("kmeans", "bisecting"))
-    _choice(conf, "cluster.distance", ("euclidean", "cosine"))
-    k = conf["cluster"]["k"]
-    if k != "auto":
-        _int(conf, "cluster.k", 2)
-    _int(conf, "cluster.k_min", 2)
-    _int(conf, "cluster.k_max", 2)
-    _check(conf["cluster"]["k_min"] <= conf["cluster"]["k_max"], "cluster.k_min", "must be <= cluster.k_max")
-    _int(conf, "cluster.sample_size", 10)
-    if conf["cluster"]["fit_sample_size"] is not None:
-        _int(conf, "cluster.fit_sample_size", 10)
-    _int(conf, "cluster.seed", 0)
-    _int(conf, "cluster.max_iter", 1)
-    _int(conf, "cluster.n_init", 1, 50)
-    _int(conf, "cluster.init_steps", 1, 20)
-    _int(conf, "cluster.stability_seeds", 0, 20)
-    for key in ("cluster.k_tolerance", "cluster.stability_min_ari"):
-        v = get(conf, key)
-        _check(_number(v) and 0 <= v <= 1, key,
-               f"must be a number in [0, 1], got {v!r}")
-    pv = conf["privacy"]
-    _check(isinstance(pv["pseudonymize_user_ids"], bool), "privacy.pseudonymize_user_ids", "must be true or false")
-    _check(isinstance(pv["key_source"], str) and re.fullmatch(r"env:\w+|databricks-secret:[\w.-]+/[\w.-]+",
-                                                               pv["key_source"]) is not None,
-           "privacy.key_source", f"must be 'env:NAME' or 'databricks-secret:SCOPE/KEY' (the key itself never "
-           f"goes in the conf); got {pv['key_source']!r}")
-    _int(conf, "privacy.min_segment_size", 0)
-    _choice(conf, "privacy.small_segments", ("merge", "suppress"))
-    _int(conf, "profile.top_terms", 1)
-    _int(conf, "profile.representative_texts", 0)
-    _int(conf, "profile.top_categories", 0)
-    _int(conf, "profile.typical_users", 0)
-    rc = conf["recommend"]
-    for key in ("enabled", "user_table"):
-        _check(isinstance(rc[key], bool), f"recommend.{key}", "must be true or false")
-    _int(conf, "recommend.top_n", 1, 10000)
-    _int(conf, "recommend.min_users", 1)
-    _int(conf, "recommend.reason_terms", 0, 100)
-    for etype, v in rc["event_weights"].items():
-        _check(_number(v) and v >= 0, f"recommend.event_weights.{etype}", f"must be a number >= 0, got {v!r}")
-    _check(any(v > 0 for v in rc["event_weights"].values()), "recommend.event_weights",
-           "at least one weight must be > 0 (or no event would count)")
-    hl = rc["half_life_days"]
-    _check(hl is None or (_number(hl) and hl > 0), "recommend.half_life_days", f"must be > 0 or null, got {hl!r}")
-    for key in ("lift_weight", "lift_prior"):
-        v = rc[key]
-        _check(_number(v) and v >= 0, f"recommend.{key}", f"must be a number >= 0, got {v!r}")
-    tc = conf["tracking"]
-    _check(tc["mlflow"] in ("auto", True, False), "tracking.mlflow", f"must be auto, true or false; got {tc['mlflow']!r}")
-    for key in ("uri", "experiment"):
-        _check(tc[key] is None or (isinstance(tc[key], str) and tc[key]), f"tracking.{key}",
-               f"must be a non-empty string or null, got {tc[key]!r}")
-    _check(isinstance(tc["log_model"], bool), "tracking.log_model", "must be true or false")
-    _check(isinstance(conf["output"]["report"], bool), "output.report", "must be true or false")
-    _check(isinstance(conf["output"]["lock"], bool), "output.lock", "must be true or false")
-    _check(isinstance(conf["output"]["change_data_feed"], bool), "output.change_data_feed", "must be true or false")
-    lw = conf["output"]["lock_wait_s"]
-    _check(isinstance(lw, (int, float)) and not isinstance(lw, bool) and lw >= 0, "output.lock_wait_s",
-           f"must be a number of seconds >= 0, got {lw!r}")
-    _check(bool(conf["output"]["root"]), "output.root", "is required")
-    _choice(conf, "output.engine", ("auto", "native", "delta-rs"))
-    cs = conf["output"]["catalog_schema"]
-    _check(cs is None or (isinstance(cs, str) and re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)?", cs) is not None),
-           "output.catalog_schema", f"must be 'schema' or 'catalog.schema' (letters, digits, _); got {cs!r}")
-    rid = conf["run_id"]
-    if rid is not None:
-        _check(isinstance(rid, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", rid) is not None,
-               "run_id", f"must match [A-Za-z0-9][A-Za-z0-9_.-]* (it names a table partition); got {rid!r}")
 
 
 def require_catalog_engine(conf: dict, engine: str) -> None:
@@ -365,3 +508,4 @@ def require_catalog_engine(conf: dict, engine: str) -> None:
 def snapshot(conf: dict) -> str:
     """The resolved conf as JSON for the runs table (no secrets are ever kept in conf)."""
     return json.dumps(conf, sort_keys=True, default=str)
+

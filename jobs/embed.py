@@ -6,7 +6,8 @@ from typing import Callable
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from jobs import delta_io
+from jobs.config import EmbedConf
+from jobs.tables import Lake
 from udfs.embedding import embed_udf, model_id
 
 
@@ -30,6 +31,7 @@ def embed_texts(
     threads_per_task: int | None = None,
     partitions: int | None = None,
     dedupe: bool = True,
+    task_hook: Callable[[str], None] | None = None,
 ) -> DataFrame:
     """Add `out_col` (array<float>, unit length) computed from `text_col`.
 
@@ -38,7 +40,8 @@ def embed_texts(
     The texts are spread over `partitions` tasks (see `_partitions`).
     """
     n = _partitions(df, partitions)
-    udf = embed_udf(model_path, batch_size, token_budget, max_tokens, device, precision, threads_per_task)
+    udf = embed_udf(model_path, batch_size, token_budget, max_tokens, device, precision, threads_per_task,
+                    task_hook)
     if not dedupe:
         return df.repartition(n).withColumn(out_col, udf(F.col(text_col)))
     # Hash-partitioning by the text first lets distinct() run without a second shuffle; an
@@ -81,30 +84,31 @@ def embed_with_cache(
     return hits.select("text_hash", text_col, out_col), new.select("text_hash", text_col, out_col)
 
 
-def embed_model_id(ec: dict) -> str:
-    """The cache key of the embedding model in conf section `embed` (see udfs.embedding.model_id)."""
-    return model_id(ec["model_path"], ec["max_tokens"], ec["precision"])
+def embed_model_id(ec: EmbedConf | dict) -> str:
+    """The cache key of the embedding model of conf section `embed` (see udfs.embedding.model_id)."""
+    if isinstance(ec, dict):
+        ec = EmbedConf(**ec)
+    return model_id(ec.model_path, ec.max_tokens, ec.precision)
 
 
-def embed_cached(texts: DataFrame, cache_path: str, run_id: str, ec: dict, *, engine: str = "auto",
-                 persist: Callable[[DataFrame], DataFrame] | None = None) -> tuple[DataFrame, int]:
-    """The embed stage with the `text_embeddings` Delta cache, for the full and the assign job.
+def embed_cached(texts: DataFrame, lake: Lake, run_id: str, ec: EmbedConf, *,
+                 persist: Callable[[DataFrame], DataFrame] | None = None,
+                 task_hook: Callable[[str], None] | None = None) -> tuple[DataFrame, int]:
+    """The embed stage with the lake's `text_embeddings` cache, for the full and the assign job.
 
-    Embeds only the distinct texts whose hash is not cached for this model id (conf section
-    `embed` = `ec`), appends them to the cache in run `run_id`'s partition (a rerun of the run
-    replaces rather than duplicates, and keeps what an earlier attempt cached) and joins all
-    vectors back onto `texts`. Returns (texts + embedding, number of texts that ran through
-    the model). `persist` keeps the new vectors (the expensive part) until the caller is done.
+    Embeds only the distinct texts whose hash is not cached for this model id, appends them to
+    the cache in run `run_id`'s partition (a rerun of the run replaces rather than duplicates,
+    and keeps what an earlier attempt cached) and joins all vectors back onto `texts`. Returns
+    (texts + embedding, number of texts that ran through the model). `persist` keeps the new
+    vectors (the expensive part) until the caller is done.
     """
     persist = persist or (lambda d: d.persist())
-    spark = texts.sparkSession
     mid = embed_model_id(ec)
-    cache = delta_io.read_table_if_exists(spark, cache_path, engine=engine)
+    cache = lake.read_if_exists("text_embeddings")
     if cache is not None:
         cache = cache.where(F.col("model_id") == mid)
-    settings = {k: ec[k] for k in ("batch_size", "token_budget", "max_tokens", "device", "precision")}
-    hits, new = embed_with_cache(texts, cache, ec["model_path"], partitions=ec["partitions"],
-                                 threads=ec["threads_per_task"], **settings)
+    hits, new = embed_with_cache(texts, cache, ec.model_path, partitions=ec.partitions,
+                                 threads=ec.threads_per_task, task_hook=task_hook, **ec.settings)
     new = persist(new)
     n_new = new.count()  # runs the model, once
     rows = new.select(F.lit(run_id).alias("run_id"), F.lit(mid).alias("model_id"), "text_hash", "embedding",
@@ -113,6 +117,6 @@ def embed_cached(texts: DataFrame, cache_path: str, run_id: str, ec: dict, *, en
         own = persist(cache.where(F.col("run_id") == run_id).select(*rows.columns))
         own.count()
         rows = own.unionByName(rows)
-    delta_io.write_run(rows, cache_path, run_id, engine=engine)
+    lake.write_run("text_embeddings", rows, run_id)
     vectors = hits.unionByName(new).select("text_clean", "embedding")
     return texts.join(vectors, "text_clean", "left"), n_new

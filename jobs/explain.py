@@ -1,6 +1,7 @@
 """seglake-explain: why is this user in that segment?
 
-Reads the Delta tables through their logs (deltalake, no Spark needed) and prints, for one
+Reads the Delta tables through the registry's Arrow reader (jobs/tables.py: the Delta log
+through deltalake, no Spark needed) and prints, for one
 user of a succeeded run: the segment and its name, the distance to its centroid, the
 runner-up segment and the margin between them, the user's own words that match the
 segment's distinctive terms, and what the segment recommends (the user's own list from
@@ -15,34 +16,24 @@ import sys
 
 import pyarrow.compute as pc
 
-
-def _table(path: str, run_id: str, columns: list[str] | None = None):
-    from deltalake import DeltaTable
-
-    return DeltaTable(path).to_pyarrow_table(filters=[("run_id", "=", run_id)], columns=columns)
+from jobs.tables import Lake, latest_succeeded_run
 
 
-def latest_succeeded_run(output: str) -> str:
-    """The newest run whose status is succeeded (readers must ignore the others)."""
-    from deltalake import DeltaTable
-
-    runs = DeltaTable(f"{output}/runs").to_pyarrow_table(columns=["run_id", "status", "finished_at"])
-    ok = runs.filter(pc.equal(runs["status"], "succeeded"))
-    if ok.num_rows == 0:
-        raise LookupError(f"no succeeded run under {output}")
-    return ok.sort_by([("finished_at", "descending")])["run_id"][0].as_py()
+def _lake(output: str) -> Lake:
+    return Lake(None, output, "delta-rs")
 
 
 def explain(output: str, user_id: str, run_id: str | None = None) -> dict:
     """The explanation as a dict (see the module docstring)."""
     run_id = run_id or latest_succeeded_run(output)
-    users = _table(f"{output}/user_segments", run_id)
+    lake = _lake(output)
+    users = lake.arrow("user_segments", run_id)
     row = users.filter(pc.equal(users["user_id"], user_id))
     if row.num_rows == 0:
         raise LookupError(f"user {user_id!r} is not in run {run_id} (quarantined rows are in {output}/quarantine)")
     u = row.to_pylist()[0]
-    segs = {s["segment_id"]: s for s in _table(f"{output}/segments", run_id,
-                                                ["segment_id", "name", "size", "top_terms"]).to_pylist()}
+    segs = {s["segment_id"]: s for s in lake.arrow("segments", run_id,
+                                                   ["segment_id", "name", "size", "top_terms"]).to_pylist()}
     own, second = segs[u["segment_id"]], segs.get(u["second_segment_id"])
     return {
         "run_id": run_id, "user_id": user_id,
@@ -59,12 +50,11 @@ def explain(output: str, user_id: str, run_id: str | None = None) -> dict:
 def _recommended(output: str, run_id: str, user_id: str, segment_id: int, n: int = 10) -> dict:
     """{"recommended": the first n item ids, "recommended_from": which table} (empty when the
     run wrote no recommendations: it had no events)."""
-    from jobs.delta_io import table_exists
-
+    lake = _lake(output)
     for table, col, value in (("user_recommendations", "user_id", user_id),
                               ("segment_recommendations", "segment_id", segment_id)):
-        if table_exists(f"{output}/{table}"):
-            rows = _table(f"{output}/{table}", run_id, [col, "rank", "item_id"])
+        if lake.exists(table):
+            rows = lake.arrow(table, run_id, [col, "rank", "item_id"])
             rows = rows.filter(pc.equal(rows[col], value)).sort_by("rank")
             if rows.num_rows:
                 return {"recommended": rows["item_id"].to_pylist()[:n], "recommended_from": table}

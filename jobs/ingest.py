@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs.config import EVENT_COLUMNS, EVENT_TYPES, TEXT_COLUMNS
-from udfs.text_clean import mask_record_udf
+from udfs.pii import mask_record_udf
 
 CORRUPT = "_corrupt_record"
 REASON = "reason"

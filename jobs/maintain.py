@@ -19,15 +19,15 @@ import logging
 import sys
 from dataclasses import dataclass
 
-from jobs import delta_io
+from jobs import delta_io, delta_native
+from jobs.tables import TABLES
 
 log = logging.getLogger("seglake.maintain")
 
 DEFAULT_RETENTION_HOURS = 168  # Delta's own default (delta.deletedFileRetentionDuration = 7 days)
 
 # Every table the two jobs write under an output root.
-TABLE_NAMES = ("user_segments", "segments", "k_selection", "quarantine", "text_embeddings", "user_vectors",
-               "segment_history", "segment_recommendations", "user_recommendations", "runs", "drift", "assign_runs")
+TABLE_NAMES = tuple(TABLES)
 
 
 class MaintainError(ValueError):
@@ -57,19 +57,19 @@ def check_retention(retain_hours: float | None, allow_short: bool) -> None:
 
 def _active_files(spark, path: str, engine: str) -> int:
     if engine == "native":
-        return int(spark.sql(f"DESCRIBE DETAIL {delta_io._delta_path_sql(path)}").first()["numFiles"])
+        return int(spark.sql(f"DESCRIBE DETAIL {delta_native.path_sql(path)}").first()["numFiles"])
     from deltalake import DeltaTable
 
-    return len(DeltaTable(delta_io._table_uri(path)).file_uris())
+    return len(DeltaTable(delta_io.table_uri(path)).file_uris())
 
 
 def _optimize(spark, path: str, engine: str) -> int:
     if engine == "native":
-        row = spark.sql(f"OPTIMIZE {delta_io._delta_path_sql(path)}").first()
+        row = spark.sql(f"OPTIMIZE {delta_native.path_sql(path)}").first()
         return int(row["metrics"]["numFilesRemoved"] or 0)
     from deltalake import DeltaTable
 
-    return int(DeltaTable(delta_io._table_uri(path)).optimize.compact()["numFilesRemoved"])
+    return int(DeltaTable(delta_io.table_uri(path)).optimize.compact()["numFilesRemoved"])
 
 
 def _vacuum(spark, path: str, engine: str, retain_hours: float | None, allow_short: bool) -> int:
@@ -95,7 +95,7 @@ def _vacuum(spark, path: str, engine: str, retain_hours: float | None, allow_sho
                 spark.conf.unset(k) if v is None else spark.conf.set(k, v)
     from deltalake import DeltaTable
 
-    removed = DeltaTable(delta_io._table_uri(path)).vacuum(
+    removed = DeltaTable(delta_io.table_uri(path)).vacuum(
         retention_hours=None if retain_hours is None else int(retain_hours), dry_run=False,
         enforce_retention_duration=not allow_short)
     return len(removed)
@@ -105,7 +105,7 @@ def _storage_files(path: str) -> int:
     """Data files in storage (not in the log): what VACUUM deletes from."""
     from pyarrow import fs as pafs
 
-    filesystem, root = pafs.FileSystem.from_uri(delta_io._table_uri(path))
+    filesystem, root = pafs.FileSystem.from_uri(delta_io.table_uri(path))
     infos = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
     return sum(1 for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet")
                and "/_delta_log/" not in i.path)

@@ -1,40 +1,85 @@
-"""What the two jobs (seglake-segment, seglake-assign) share around their stages: run ids,
-the run's persist scope, stage timing and logging, and reading an input as the job does."""
+"""What the two jobs (seglake-segment, seglake-assign) share: the run context every stage
+takes, stage timing and logging, the run's persist scope, and the two stages both run
+(ingest, embed).
+
+A stage is a function of the context plus its own conf section that returns a small frozen
+result; the DataFrame -> DataFrame work inside it lives in the stage's module (jobs/ingest.py,
+jobs/embed.py, ...), which knows nothing of runs.
+"""
 from __future__ import annotations
 
 import logging
 import time
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterator
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from jobs import config, ingest
 from jobs.clean import prepare_events, prepare_texts, rules
+from jobs.config import EmbedConf, Source
+from jobs.embed import embed_cached, embed_texts
+from jobs.hooks import Hooks, current
+from jobs.tables import Lake
 
 log = logging.getLogger("seglake")
+INPUTS = ("texts", "events")
 
 
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
-@contextmanager
-def run_scope(record_failure: Callable[[BaseException], None], what: str) -> Iterator[Callable[[DataFrame], DataFrame]]:
-    """One job run: yields `keep(df)`, which persists df until the run ends (success or not).
-    On an error, `record_failure(exc)` writes the failed run's row (its own errors are logged,
-    never hiding the original) and the error propagates."""
-    cached: list[DataFrame] = []
+@dataclass
+class RunContext:
+    """One run of a job: its id, the lake it writes, the conf, and what the stages add as
+    they go (timings, counts, quarantine reasons, the frames persisted until the run ends)."""
 
-    def keep(df: DataFrame) -> DataFrame:
-        cached.append(df.persist(StorageLevel.MEMORY_AND_DISK))
+    spark: SparkSession
+    conf: dict
+    run_id: str
+    lake: Lake
+    hooks: Hooks = field(default_factory=current)  # (tests install theirs: jobs/hooks.py)
+    started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    timings: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)
+    _persisted: list[DataFrame] = field(default_factory=list, repr=False)
+
+    @property
+    def engine(self) -> str:
+        return self.lake.engine
+
+    def keep(self, df: DataFrame) -> DataFrame:
+        """Persist df until the run ends (success or not)."""
+        self._persisted.append(df.persist(StorageLevel.MEMORY_AND_DISK))
         return df
 
+    def release(self) -> None:
+        for df in self._persisted:
+            df.unpersist()
+        self._persisted.clear()
+
+    def stage(self, name: str, rate: bool = True):
+        return stage(name, self.timings, rate)
+
+    def crash_point(self, point: str) -> None:
+        """A place where the fault-tolerance tests kill the driver (inert otherwise)."""
+        self.hooks.crash_point(point, self.run_id)
+
+
+@contextmanager
+def run_scope(ctx: RunContext, record_failure: Callable[[BaseException], None], what: str) -> Iterator[RunContext]:
+    """One job run: on an error, `record_failure(exc)` writes the failed run's row (its own
+    errors are logged, never hiding the original) and the error propagates; either way the
+    run's persisted frames are released."""
     try:
-        yield keep
+        yield ctx
     except Exception as exc:
         try:
             record_failure(exc)
@@ -42,8 +87,7 @@ def run_scope(record_failure: Callable[[BaseException], None], what: str) -> Ite
             log.exception("could not record the failed %s", what)
         raise
     finally:
-        for df in cached:
-            df.unpersist()
+        ctx.release()
 
 
 @contextmanager
@@ -64,11 +108,109 @@ def stage(name: str, timings: dict[str, float], rate: bool = True) -> Iterator[d
     log.info("stage %s: done in %.1f s%s", name, seconds, detail)
 
 
+def read_mapped(spark: SparkSession, conf: dict, src: Source, name: str, *, stream: bool = False,
+                max_files_per_trigger: int | None = None) -> DataFrame:
+    """One input read as configured and mapped to its logical columns (strings, plus
+    `_corrupt_record`): a batch DataFrame, or a streaming one with `stream`."""
+    engine = conf["output"]["engine"]
+    if stream:
+        raw = ingest.read_stream(spark, src.path, src.format, src.options, engine, name, max_files_per_trigger)
+    else:
+        raw = ingest.read_source(spark, src.path, src.format, src.options, engine, name)
+    spec = config.TEXT_COLUMNS if name == "texts" else config.EVENT_COLUMNS
+    return ingest.map_columns(raw, conf["input"]["columns"][name], spec, src.path, name)
+
+
 def read_input(spark: SparkSession, conf: dict, name: str) -> DataFrame:
-    """The conf's `name` input (texts or events) read, mapped, validated and cleaned as the job
-    does it: every row, with `reason` set on the ones that go to quarantine."""
-    src = conf["input"][name]
-    spec, prepare = (config.TEXT_COLUMNS, prepare_texts) if name == "texts" else (config.EVENT_COLUMNS, prepare_events)
-    raw = ingest.read_source(spark, src["path"], src["format"], src["options"], conf["output"]["engine"], name)
-    return (raw.transform(ingest.map_columns, conf["input"]["columns"][name], spec, src["path"], name)
-            .transform(lambda d: prepare(d, **rules(conf, name))))
+    """The conf's `name` input (texts or events) read, mapped, validated and cleaned as the
+    full job does it: every row, with `reason` set on the ones that go to quarantine."""
+    prepare = prepare_texts if name == "texts" else prepare_events
+    return read_mapped(spark, conf, getattr(config.InputConf.of(conf), name), name).transform(
+        lambda d: prepare(d, **rules(conf, name)))
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """The ingest stage's result: kept rows per input (None: no such input, or nothing kept
+    when `drop_empty`), the quarantine rows, and the inputs' watermarks after this run."""
+
+    texts: DataFrame | None
+    events: DataFrame | None
+    quarantine: DataFrame | None
+    watermarks: dict
+
+
+def ingest_stage(ctx: RunContext, inputs: dict[str, tuple[DataFrame, str]], *, before: dict | None = None,
+                 drop_empty: bool = False, track_watermarks: bool = False) -> Ingested:
+    """Validate and clean each input (name -> (mapped rows, source named in quarantine rows)).
+    Rows not newer than `before`'s watermarks are tagged before_watermark. Counts go to
+    ctx.counts (<name>_read, <name>_kept, quarantined) and ctx.reasons; nothing is dropped:
+    read = kept + quarantined per input."""
+    kept: dict[str, DataFrame | None] = {name: None for name in INPUTS}
+    watermarks = dict(before or {"texts_watermark": None, "events_watermark": None})
+    quarantine = None
+    with ctx.stage("ingest") as facts:
+        for name, (df, source) in inputs.items():
+            prepare = prepare_texts if name == "texts" else prepare_events
+            tagged = prepare(df, **rules(ctx.conf, name))
+            if before is not None:
+                tagged = ingest.tag_before_watermark(tagged, before.get(f"{name}_watermark"))
+            tagged = ctx.keep(tagged)
+            ctx.counts[f"{name}_read"], ctx.counts[f"{name}_kept"], r = ingest.reason_counts(tagged, name)
+            ctx.reasons.update(r)
+            good, bad = ingest.split_quarantine(tagged)
+            q = ingest.to_quarantine(bad, name, source, ctx.run_id)
+            quarantine = q if quarantine is None else quarantine.unionByName(q)
+            if ctx.counts[f"{name}_kept"] or not drop_empty:
+                kept[name] = good
+            if track_watermarks and ctx.counts[f"{name}_kept"]:
+                latest = good.agg(F.max("ts")).first()[0]
+                prev = watermarks[f"{name}_watermark"]
+                if latest is not None:
+                    watermarks[f"{name}_watermark"] = latest if prev is None else max(prev, latest)
+        ctx.counts["quarantined"] = sum(ctx.reasons.values())
+        facts["rows read"] = sum(ctx.counts.get(f"{n}_read", 0) for n in INPUTS)
+        facts["quarantined"] = ctx.counts["quarantined"]
+    return Ingested(kept["texts"], kept["events"], quarantine, watermarks)
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """The embed stage's result: the kept texts + `embedding` (None without texts) and the
+    vectors' dimension (0 when not measured)."""
+
+    texts: DataFrame | None
+    dim: int = 0
+
+
+def embed_stage(ctx: RunContext, texts: DataFrame | None, ec: EmbedConf, *, cache: bool = True,
+                measure: bool = False) -> Embedded:
+    """The kept texts + `embedding`, through the text_embeddings cache when `cache` (only
+    texts the cache lacks run through the model). Counts texts_embedded_new and, with
+    `measure`, texts_embedded, texts_embedded_distinct and texts_embedding_cache_hits."""
+    c = ctx.counts
+    with ctx.stage("embed") as facts:
+        c["texts_embedded_new"] = 0
+        if texts is None:
+            return Embedded(None)
+        if cache:
+            embedded, c["texts_embedded_new"] = embed_cached(texts, ctx.lake, ctx.run_id, ec, persist=ctx.keep,
+                                                             task_hook=ctx.hooks.task_hook)
+            embedded = ctx.keep(embedded)
+        else:
+            embedded = ctx.keep(texts.transform(
+                embed_texts, ec.model_path, threads_per_task=ec.threads_per_task, partitions=ec.partitions,
+                dedupe=ec.dedupe, task_hook=ctx.hooks.task_hook, **ec.settings))
+        dim = 0
+        if measure:
+            row = embedded.agg(F.count(F.lit(1)).alias("n"), F.countDistinct("text_clean").alias("d"),
+                               F.max(F.size("embedding")).alias("dim")).first()
+            c["texts_embedded"], c["texts_embedded_distinct"], dim = int(row["n"]), int(row["d"]), int(row["dim"])
+            if not cache:
+                c["texts_embedded_new"] = c["texts_embedded_distinct"]
+            # Every distinct text either went through the model or came from the cache.
+            c["texts_embedding_cache_hits"] = c["texts_embedded_distinct"] - c["texts_embedded_new"]
+        facts["texts embedded"] = c["texts_embedded_new"]
+        if measure:
+            facts["from the cache"] = c["texts_embedding_cache_hits"]
+    return Embedded(embedded, dim)

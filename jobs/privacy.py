@@ -1,6 +1,6 @@
 """Privacy: pseudonymous user ids (keyed HMAC) and a minimum size for published segments.
 
-PII masking of texts lives in udfs/text_clean.py; this module covers the two things that are
+PII masking of texts lives in udfs/pii.py (applied by the cleaning in udfs/text_clean.py); this module covers the two things that are
 about people rather than strings: who a row belongs to, and whether a published segment is
 small enough to point at individuals.
 """

@@ -157,11 +157,11 @@ def for_users(spark, root: str, users: DataFrame, consumed: DataFrame | None = N
     read through the Delta log. `consumed` (user_id, item_id), e.g. today's events, is left
     out. The stored lists hold `recommend.top_n` items, so a user who consumed many of them
     gets fewer than n; users the run does not know get no rows."""
-    from jobs.delta_io import read_table
-    from jobs.explain import latest_succeeded_run
+    from jobs.tables import Lake, latest_succeeded_run
 
+    lake = Lake(spark, root, engine)
     run_id = run_id or latest_succeeded_run(root)
-    segs = (read_table(spark, f"{root}/user_segments", engine=engine).where(F.col("run_id") == run_id)
+    segs = (lake.read("user_segments").where(F.col("run_id") == run_id)
             .join(users.select("user_id").distinct(), "user_id", "left_semi"))
-    recs = read_table(spark, f"{root}/segment_recommendations", engine=engine).where(F.col("run_id") == run_id)
+    recs = lake.read("segment_recommendations").where(F.col("run_id") == run_id)
     return recommend_for_users(segs, recs, consumed, n)

@@ -1,7 +1,14 @@
-"""The human-readable end-of-run summary."""
+"""What a full run tells people: the end-of-run summary on the console, the run's facts (the
+runs row and the report header share them) and the HTML report beside the tables."""
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
+
+from jobs import ingest
+from udfs.embedding import resolve_model_path
+
+QUALITY = ("wssse", "davies_bouldin", "calinski_harabasz", "min_share", "max_share", "size_entropy")
 
 
 def render(res: Any) -> str:
@@ -70,3 +77,46 @@ def stage_table(seconds: dict[str, float]) -> list[str]:
     lines += [f"{name:<14} {sec:>8.1f} {sec / total:>6.1%}" for name, sec in seconds.items()]
     lines.append(f"{'total':<14} {sum(seconds.values()):>8.1f}")
     return lines
+
+
+def run_facts(conf: dict, res: Any, started: datetime) -> dict:
+    """The run as plain values: the runs-table row and the report header share it."""
+    try:
+        embed_model = resolve_model_path(conf["embed"]["model_path"])
+    except Exception:  # noqa: BLE001 - a bad model path is the error being recorded
+        embed_model = conf["embed"]["model_path"]
+    c, q = res.counts, res.quality
+    return {
+        "run_id": res.run_id, "started_at": started, "finished_at": datetime.now(timezone.utc),
+        "texts_read": c.get("texts_read"), "texts_kept": c.get("texts_kept"),
+        "events_read": c.get("events_read"), "events_kept": c.get("events_kept"),
+        "quarantined": c.get("quarantined"), "quarantine_reasons": res.reasons,
+        "texts_embedded_distinct": c.get("texts_embedded_distinct"),
+        "texts_embedded_new": c.get("texts_embedded_new"),
+        "users": c.get("users"), "users_text_only": c.get("users_text_only"),
+        "users_events_only": c.get("users_events_only"),
+        "algorithm": conf["cluster"]["algorithm"], "distance": conf["cluster"]["distance"],
+        "k": res.k or None, "silhouette": res.silhouette, "cost": res.cost,
+        **{m: q.get(m) for m in QUALITY}, "stability_ari": q.get("stability_ari"), "stable": q.get("stable"),
+        "stage_seconds": res.stage_seconds, "embed_texts_per_s": res.embed_texts_per_s,
+        "embedding_model": embed_model,
+    }
+
+
+def write_report(conf: dict, res: Any, started: datetime, projection: list[dict]) -> str | None:
+    """The HTML report beside the tables: <output>/reports/<run_id>.html (output.report)."""
+    if not conf["output"]["report"]:
+        return None
+    from jobs import report
+
+    html = report.render_report(run_facts(conf, res, started), res.k_selection, res.segments, projection)
+    path = f"{res.output}/reports/{res.run_id}.html"
+    if ingest.is_local_path(path):
+        return report.write_report(html, path)
+    from pyarrow import fs as pafs
+
+    filesystem, inner = pafs.FileSystem.from_uri(path)
+    filesystem.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+    with filesystem.open_output_stream(inner) as out:
+        out.write(html.encode("utf-8"))
+    return path

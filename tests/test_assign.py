@@ -12,7 +12,10 @@ import pandas as pd
 import pytest
 from deltalake import DeltaTable
 
-from jobs import assign, delta_io, drift, faults
+from jobs import assign, delta_io, drift
+from jobs import hooks
+from jobs import cli
+from tests import fault_hooks as faults
 from jobs.history import read_history, segment_at
 from jobs.segment_users import run as full_run
 from jobs.user_vectors import user_state
@@ -225,12 +228,12 @@ def test_crashed_batch_is_resumed_not_applied_twice(spark, tiny_model, full_lake
         if point == "after_history":
             raise Crash(point)
 
-    monkeypatch.setattr(assign, "crash_point", crash)
+    monkeypatch.setattr(hooks, "HOOKS", hooks.Hooks(crash_point=crash))
     with pytest.raises(Crash):
         assign.run(spark, conf)  # user_vectors and history committed, user_segments not
     crashed = _table(lake / "assign_runs")
     assert list(crashed.status) == ["failed"]
-    monkeypatch.setattr(assign, "crash_point", faults.crash_point)
+    monkeypatch.setattr(hooks, "HOOKS", hooks.Hooks())
     res = assign.run(spark, conf)  # picks the unfinished batch up again, under its run id
     assert res.run_id == crashed.run_id[0]
     uv = _table(lake / "user_vectors").set_index("user_id")
@@ -252,7 +255,7 @@ def test_drift_is_flagged_and_refit(spark, tiny_model, full_lake, tmp_path, caps
     profile = tmp_path / "conf.yaml"
     profile.write_text(yaml.safe_dump({k: conf[k] for k in ("input", "embed", "cluster", "drift", "user_vectors")}
                                       | {"output": {"report": False}}), encoding="utf-8")
-    rc = assign.main(["--conf", str(profile), "--output", str(lake), "--texts", texts, "--run-id", "d1",
+    rc = cli.assign_main(["--conf", str(profile), "--output", str(lake), "--texts", texts, "--run-id", "d1",
                       "--refit-if-drifted"])
     out = capsys.readouterr().out
     assert rc == 0 and "re-fit recommended: far_share" in out and "SegLake run " in out
@@ -277,18 +280,18 @@ def test_psi_and_judge():
 def test_cli(spark, tiny_model, full_lake, tmp_path, capsys):
     lake = _copy(full_lake, tmp_path)
     texts = _csv(tmp_path / "new" / "texts.csv", "user_id,text,ts,item_id,lang", OTHER_TEXTS[1:])
-    rc = assign.main(["--conf", str(ROOT / "conf" / "local.yaml"), "--output", str(lake), "--texts", texts,
+    rc = cli.assign_main(["--conf", str(ROOT / "conf" / "local.yaml"), "--output", str(lake), "--texts", texts,
                       "--model-path", tiny_model, "--run-id", "cli1"])
     out = capsys.readouterr().out
     assert rc == 0 and "SegLake assign run cli1 (model run full1)" in out and "users touched 2" in out
-    assert assign.main(["--output", str(tmp_path / "empty"), "--texts", texts, "--model-path", tiny_model]) == 3
+    assert cli.assign_main(["--output", str(tmp_path / "empty"), "--texts", texts, "--model-path", tiny_model]) == 3
     assert "run seglake-segment" in capsys.readouterr().err
-    assert assign.main(["--output", str(lake)]) == 2
+    assert cli.assign_main(["--output", str(lake)]) == 2
     assert "--texts" in capsys.readouterr().err
 
 
 def _assign_cli(lake: Path, tiny_model: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "jobs.assign", "--conf", subprocess_profile(), "--output", str(lake),
+    cmd = [sys.executable, "-m", "tests.fault_hooks", "assign", "--conf", subprocess_profile(), "--output", str(lake),
            "--model-path", tiny_model, *args]
     return subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True,
                           timeout=600)

@@ -2,7 +2,9 @@
 import pytest
 
 from jobs import config
-from jobs.segment_users import overrides_from_args, parse_args
+from jobs.cli import segment_overrides as overrides_from_args, segment_parser
+
+parse_args = segment_parser().parse_args
 
 BASE = {"input": {"texts": {"path": "t.csv"}}}
 

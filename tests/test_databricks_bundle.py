@@ -51,10 +51,10 @@ def test_bundle_top_level(bundle):
 
 
 def test_every_job_is_a_wheel_task_of_a_real_entry_point(bundle):
-    from jobs import assign, config, segment_users
+    from jobs import cli, config
 
     scripts = _console_scripts()
-    parsers = {"seglake-segment": segment_users.parse_args, "seglake-assign": assign.parse_args}
+    parsers = {"seglake-segment": (lambda a: cli.segment_parser().parse_args(a)), "seglake-assign": (lambda a: cli.assign_parser().parse_args(a))}
     jobs = bundle["resources"]["jobs"]
     assert {"seglake_segment", "seglake_segment_gpu", "seglake_assign"} <= set(jobs)
     variables = bundle["variables"]
@@ -71,8 +71,8 @@ def test_every_job_is_a_wheel_task_of_a_real_entry_point(bundle):
             # The job's own parser accepts the parameters; the conf profile loads with them.
             args = parsers[wheel["entry_point"]](params)
             assert args.texts_format == "table" and args.events_format == "table"
-            overrides = (segment_users.overrides_from_args(args) if wheel["entry_point"] == "seglake-segment"
-                         else assign.overrides_from_args(args))
+            overrides = (cli.segment_overrides(args) if wheel["entry_point"] == "seglake-segment"
+                         else cli.assign_overrides(args))
             conf = config.load(args.conf, overrides, job="segment" if "segment" in wheel["entry_point"] else "assign")
             assert conf["output"]["engine"] == "native"  # the runtime has Delta: native writes
             assert conf["output"]["catalog_schema"] is None  # the variable's default "": read by path

@@ -26,6 +26,7 @@ from pyspark.sql.types import (
 )
 
 from jobs import delta_io
+from jobs import delta_rs
 from jobs.delta_io import (
     DeltaSchemaMismatch,
     NativeDeltaRequired,
@@ -309,7 +310,7 @@ def test_writer_rolls_files_and_skips_empty_tasks(tmp_path):
     import pyarrow.parquet as pq
 
     data_schema = pa.schema([pa.field("n", pa.int64())])
-    fn = delta_io._make_partition_writer(str(tmp_path), "r1", "run_id", data_schema, max_rows_per_file=3)
+    fn = delta_rs._make_partition_writer(str(tmp_path), "r1", "run_id", data_schema, max_rows_per_file=3)
     batches = [pa.record_batch({"run_id": ["r1"] * 4, "n": [1, 2, 3, 4]}), pa.record_batch({"run_id": ["r1"] * 3, "n": [5, 6, 7]})]
     files = pa.Table.from_batches(list(fn(iter(batches)))).to_pylist()
     assert [f["num_records"] for f in files] == [3, 3, 1]
@@ -415,7 +416,7 @@ def test_rows_must_carry_the_run_id(spark, engine, tmp_path):
 def test_writer_partitions_by_value_or_not_at_all(tmp_path):
     """The executor-side writer without a fixed run: one folder per value, or the table root."""
     data_schema = pa.schema([pa.field("n", pa.int64())])
-    fn = delta_io._make_partition_writer(str(tmp_path / "p"), None, "run_id", data_schema)
+    fn = delta_rs._make_partition_writer(str(tmp_path / "p"), None, "run_id", data_schema)
     batch = pa.record_batch({"run_id": ["a", "a", "b"], "n": [1, 2, 3]})
     files = pa.Table.from_batches(list(fn(iter([batch])))).to_pylist()
     assert sorted((json.loads(f["partition_values"])["run_id"], f["num_records"]) for f in files) == [("a", 2), ("b", 1)]
@@ -423,7 +424,7 @@ def test_writer_partitions_by_value_or_not_at_all(tmp_path):
     with pytest.raises(ValueError, match="must be non-null"):
         list(fn(iter([pa.record_batch({"run_id": ["a", None], "n": [1, 2]})])))
 
-    flat = delta_io._make_partition_writer(str(tmp_path / "u"), None, None, data_schema)
+    flat = delta_rs._make_partition_writer(str(tmp_path / "u"), None, None, data_schema)
     (f,) = pa.Table.from_batches(list(flat(iter([pa.record_batch({"n": [1, 2]})])))).to_pylist()
     assert "/" not in f["path"] and json.loads(f["partition_values"]) == {}
     assert (tmp_path / "u" / f["path"]).is_file()

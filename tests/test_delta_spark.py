@@ -91,7 +91,7 @@ def test_auto_falls_back_to_delta_rs_and_native_refuses(tmp_path, tiny_model):
     assert len(lines) == 1 and "not cached" in lines[0]
 
     texts = _csv(tmp_path / "t.csv", "user_id,text", ["u1,hello there"])
-    cli = subprocess.run([sys.executable, "-m", "jobs.segment_users", "--conf", subprocess_profile(),
+    cli = subprocess.run([sys.executable, "-m", "tests.fault_hooks", "segment", "--conf", subprocess_profile(),
                           "--texts", texts, "--no-events", "--output", str(tmp_path / "lake"), "--engine", "native",
                           "--model-path", tiny_model], cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env={**os.environ, **env})
@@ -119,16 +119,16 @@ def test_commit_conflicts_are_retried_for_writes_and_reported_for_merges(monkeyp
             raise _Conflict("io.delta.exceptions.ConcurrentAppendException: Files were added to partition ...")
         return 42
 
-    assert delta_io._committing("/t", "write", flaky, retry=True) == 42 and len(calls) == 3
+    assert delta_io.committing("/t", "write", flaky, retry=True) == 42 and len(calls) == 3
     calls.clear()
     with pytest.raises(DeltaConflict, match="another writer committed to the Delta table /t at the same time"):
-        delta_io._committing("/t", "MERGE", flaky, retry=False)
+        delta_io.committing("/t", "MERGE", flaky, retry=False)
     assert len(calls) == 1  # not retried
     with pytest.raises(DeltaConflict, match="after 5 attempts"):
-        delta_io._committing("/t", "write", lambda: (_ for _ in ()).throw(_Conflict("DELTA_CONCURRENT_APPEND")),
+        delta_io.committing("/t", "write", lambda: (_ for _ in ()).throw(_Conflict("DELTA_CONCURRENT_APPEND")),
                              retry=True)
     with pytest.raises(ValueError):  # anything else is not a conflict
-        delta_io._committing("/t", "write", lambda: (_ for _ in ()).throw(ValueError("bad")), retry=True)
+        delta_io.committing("/t", "write", lambda: (_ for _ in ()).throw(ValueError("bad")), retry=True)
     assert delta_io.is_conflict(_Conflict("[DELTA_CONCURRENT_APPEND.WITH_PARTITION_HINT] ..."))
     assert not delta_io.is_conflict(RuntimeError("disk full"))
 

@@ -77,11 +77,11 @@ def test_model_dir_needs_config_tokenizer_and_safetensors(tmp_path, tiny_model):
 
 
 def test_bad_model_dir_fails_before_spark_starts(tmp_path, capsys, monkeypatch):
-    from jobs import segment_users
+    from jobs import cli
 
     # build_session must never be reached: the check runs right after the conf is loaded.
-    monkeypatch.setattr(segment_users, "build_session", lambda *a, **k: pytest.fail("Spark was started"))
-    code = segment_users.main(["--texts", str(tmp_path), "--model-path", str(tmp_path / "nope")])
+    monkeypatch.setattr(cli, "build_session", lambda *a, **k: pytest.fail("Spark was started"))
+    code = cli.segment_main(["--texts", str(tmp_path), "--model-path", str(tmp_path / "nope")])
     assert code == 2 and "is not a directory" in capsys.readouterr().err
 
 

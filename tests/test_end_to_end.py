@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from deltalake import DeltaTable
 
-from jobs.segment_users import main, run
+from jobs.cli import segment_main as main
+from jobs.segment_users import run
 from tests.conftest import local_conf
 
 pytestmark = pytest.mark.e2e  # whole job runs (tests/conftest.py: tiers)
@@ -153,7 +154,7 @@ def test_recommendations_for_a_set_of_users_from_the_tables(spark, sample_run):
     first 10 items as the job's user_recommendations table, given the same consumed items."""
     from jobs import recommend
     from jobs.ingest import split_quarantine
-    from jobs.segment_users import read_input
+    from jobs.pipeline import read_input
 
     res, lake = sample_run
     conf = _conf(lake.parent, input__texts__path=str(SAMPLE / "texts.csv"),
@@ -193,7 +194,7 @@ def test_no_planted_pii_in_any_table(sample_run):
     """Every table the job writes, quarantine included, holds none of the sample's planted PII
     (e-mails, Chinese and international phones, ID-card and card numbers, URLs with query
     strings) and nothing else that matches a PII pattern."""
-    from udfs.text_clean import pii_kinds
+    from udfs.pii import pii_kinds
 
     _, lake = sample_run
     planted = [p.strip() for p in (SAMPLE / "planted_pii.txt").read_text(encoding="utf-8").splitlines() if p.strip()]
@@ -317,7 +318,7 @@ def test_catalog_names_need_native_delta(spark, tmp_path, capsys):
     assert not (tmp_path / "lake").exists()
     assert main(flags[:-1] + ["main.seg-lake"]) == 2
     assert "catalog_schema" in capsys.readouterr().err
-    from jobs.assign import main as assign_main
+    from jobs.cli import assign_main
 
     assert assign_main([f for f in flags if f != "--no-events"]) == 2  # the assign job too, before its lock
     assert "output.catalog_schema (main.seglake)" in capsys.readouterr().err
@@ -364,7 +365,7 @@ def test_stage_logs_counts_and_rates_and_summary_table(caplog):
     a table of stage durations."""
     import logging
 
-    from jobs.segment_users import stage
+    from jobs.pipeline import stage
     from jobs.summary import stage_table
 
     timings: dict[str, float] = {}
@@ -385,7 +386,9 @@ def test_log_level_flag(capsys):
     an unknown level is a usage error."""
     import logging
 
-    from jobs.segment_users import parse_args
+    from jobs.cli import segment_parser
+
+    parse_args = segment_parser().parse_args
     from jobs.session import setup_logging
 
     root = logging.getLogger()

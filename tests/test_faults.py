@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 from deltalake import DeltaTable
 
-from jobs import assign, faults, ingest
+from jobs import assign, ingest
+from tests import fault_hooks as faults
 from jobs.explain import latest_succeeded_run
 from jobs.lock import LOCK_NAME, LockError, output_lock
 from jobs.segment_users import run
@@ -49,7 +50,7 @@ def _conf(lake: Path, texts: str, tiny_model: str, **over) -> dict:
 
 def _cli(lake: Path, texts: str, tiny_model: str, run_id: str, *, env: dict | None = None,
          conf_file: Path | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "jobs.segment_users", "--conf", str(conf_file or subprocess_profile()),
+    cmd = [sys.executable, "-m", "tests.fault_hooks", "segment", "--conf", str(conf_file or subprocess_profile()),
            "--texts", texts, "--no-events", "--output", str(lake), "--model-path", tiny_model, "--k", "2",
            "--run-id", run_id]
     return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,

@@ -11,7 +11,8 @@ from pyspark.sql import functions as F
 from jobs import ingest
 from jobs.clean import prepare_events, prepare_texts
 from jobs.config import EVENT_COLUMNS, TEXT_COLUMNS
-from jobs.segment_users import main, run
+from jobs.cli import segment_main as main
+from jobs.segment_users import run
 from tests.conftest import local_conf
 
 TEXT_MAP = {c: c for c in TEXT_COLUMNS["required"] + TEXT_COLUMNS["optional"]}

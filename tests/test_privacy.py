@@ -14,7 +14,8 @@ from deltalake import DeltaTable
 
 from jobs import assign, cluster, ingest, privacy
 from jobs.clean import prepare_events, prepare_texts
-from jobs.segment_users import main, run
+from jobs.cli import segment_main as main
+from jobs.segment_users import run
 from tests.conftest import local_conf
 from tests.test_end_to_end import _string_cells
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from jobs.profile import (behaviour, explain_users, name_segments, profile_segments, representative_texts, sizes,
+from jobs.segment_profile import (behaviour, explain_users, name_segments, profile_segments, representative_texts, sizes,
                           top_terms, user_terms)
 
 

@@ -18,8 +18,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import TINY_CJK, TINY_WORDS, make_tiny_bert
-from udfs.text_clean import (_CONTROL_RE, _TOKEN_UNIT_RE, EN_STOP_WORDS, MASK_TOKENS, ZH_STOP_WORDS, cap_tokens,
-                             clean_text, contains_pii, terms)
+from udfs.pii import MASK_TOKENS, contains_pii
+from udfs.terms import EN_STOP_WORDS, ZH_STOP_WORDS, terms
+from udfs.text_clean import _CONTROL_RE, _TOKEN_UNIT_RE, cap_tokens, clean_text
 
 NO_CAP = 100_000  # max_tokens large enough that the length cap never applies
 

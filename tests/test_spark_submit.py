@@ -26,13 +26,13 @@ def test_dry_run_local_default():
     assert cmd[cmd.index("--master") + 1] == "local[2]"
     assert cmd[cmd.index("--py-files") + 1].endswith("seglake-pyfiles.zip")
     assert cmd[cmd.index("--files") + 1] == "conf/local.yaml"
-    job = cmd[cmd.index(str(ROOT / "jobs" / "segment_users.py")) + 1:]
+    job = cmd[cmd.index(str(ROOT / "jobs" / "cli.py")) + 1 + 1:]
     assert job == ["--conf", "conf/local.yaml", "--texts", "t.csv", "--k", "5"]
 
 
 def test_dry_run_assign_job():
     cmd = _dry("--job", "assign", "--conf", "conf/local.yaml", "--texts", "new/", "--stream")
-    job = cmd[cmd.index(str(ROOT / "jobs" / "assign.py")) + 1:]
+    job = cmd[cmd.index(str(ROOT / "jobs" / "cli.py")) + 1 + 1:]
     assert job == ["--conf", "conf/local.yaml", "--texts", "new/", "--stream"]
     bad = subprocess.run([SCRIPT, "--dry-run", "--job", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--job must be segment or assign" in bad.stderr
@@ -41,7 +41,7 @@ def test_dry_run_assign_job():
 def test_dry_run_cluster_passes_spark_options_through():
     cmd = _dry("--master", "yarn", "--deploy-mode", "cluster", "--conf", "spark.executor.memory=8g",
                "--num-executors", "4", "--conf", "conf/cluster.yaml", "--texts", "s3a://b/t", "--run-id", "r1")
-    entry = cmd.index(str(ROOT / "jobs" / "segment_users.py"))
+    entry = cmd.index(str(ROOT / "jobs" / "cli.py")) + 1
     spark, job = cmd[:entry], cmd[entry + 1:]
     assert spark[spark.index("--master") + 1] == "yarn"
     assert spark[spark.index("--deploy-mode") + 1] == "cluster"
@@ -52,7 +52,7 @@ def test_dry_run_cluster_passes_spark_options_through():
 
 def _split(cmd: list[str]) -> tuple[list[str], list[str], list[str]]:
     """(spark-submit options, their --conf values, job arguments)."""
-    entry = cmd.index(str(ROOT / "jobs" / "segment_users.py"))
+    entry = cmd.index(str(ROOT / "jobs" / "cli.py")) + 1
     spark = cmd[:entry]
     return spark, [spark[i + 1] for i, a in enumerate(spark) if a == "--conf"], cmd[entry + 1:]
 

@@ -1,7 +1,9 @@
 """Cleaning: HTML, PII masking, Unicode, whitespace, token caps, Chinese text and terms."""
 import pytest
 
-from udfs.text_clean import cap_tokens, clean_text, contains_pii, terms
+from udfs.pii import contains_pii
+from udfs.terms import terms
+from udfs.text_clean import cap_tokens, clean_text
 
 
 @pytest.mark.parametrize("raw, expected", [
@@ -74,7 +76,7 @@ def test_terms_english_and_chinese():
 
 
 def test_quarantine_records_are_masked_but_kept():
-    from udfs.text_clean import mask_record, pii_kinds
+    from udfs.pii import mask_record, pii_kinds
 
     raw = '{"user_id":"u1","text":"mail me a.b@x.com or +86 138 1234 5678, ID 11010519491231002X","ts":"bad"}'
     out = mask_record(raw)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -301,10 +301,13 @@ def embed_udf(
     device: str = "auto",
     precision: str = "auto",
     threads: int | None = None,
+    task_hook: Callable[[str], None] | None = None,
 ):
     """Iterator pandas UDF: string column -> array<float> unit embeddings.
 
     Settings are plain values captured in the closure (read from conf on the driver).
+    `task_hook("embed")` runs first in every task: where a test injects task failures
+    (jobs/hooks.py); None in production.
     """
     from pyspark.sql.functions import pandas_udf
 
@@ -312,9 +315,8 @@ def embed_udf(
     def _embed(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
         import torch
 
-        from jobs.faults import fail_first_attempt
-
-        fail_first_attempt("embed")  # inert unless a fault-tolerance test asks for it
+        if task_hook is not None:
+            task_hook("embed")
         # One thread per task core: two tasks on two cores must not fight over both.
         torch.set_num_threads(threads or task_cpus())
         encoder = load_encoder(model_path, device, precision, max_tokens)

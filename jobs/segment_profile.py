@@ -11,7 +11,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
-from udfs.text_clean import terms_udf
+from udfs.terms import terms_udf
 
 
 def sizes(user_segments: DataFrame, typical_n: int = 5) -> DataFrame:

@@ -1,0 +1,74 @@
+"""Profile terms: a text's words (English minus stop words, jieba words for Chinese) and
+bigrams, for segment profiles and users' matched terms."""
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+
+from udfs.pii import MASK_TOKENS
+from udfs.text_clean import CJK_CHARS
+
+EN_STOP_WORDS = frozenset(
+    """a about above after again against all also am an and any are aren't as at be because been before
+    being below between both but by can can't cannot could couldn't did didn't do does doesn't doing don't
+    down during each few for from further get got had hadn't has hasn't have haven't having he her here hers
+    herself him himself his how i i'm i've if in into is isn't it it's its itself just let's like me more most
+    much my myself no nor not now of off on once only or other ought our ours ourselves out over own really
+    same she should shouldn't so some such than that that's the their theirs them themselves then there
+    there's these they they're this those through to too under until up us very was wasn't we we're were
+    weren't what when where which while who whom why will with won't would wouldn't you you're your yours
+    yourself yourselves one two also even still ever well back go going went make made lot lots thing things
+    way quite bit every since though however yet already always never maybe via per etc ok okay yes""".split()
+)
+ZH_STOP_WORDS = frozenset(
+    """的 了 和 是 就 都 而 及 与 着 或 一个 没有 我们 你们 他们 她们 它们 我 你 他 她 它 这 那 这个 那个 也 很 还 又
+    在 有 被 把 让 给 对 从 到 为 以 于 上 下 中 里 吧 吗 呢 啊 呀 哦 嗯 得 地 之 其 但 但是 而且 因为 所以 如果
+    就是 还是 不是 不 没 非常 比较 真的 一下 一些 一点 这样 那样 可以 已经 自己 什么 怎么 这么 那么 觉得 感觉
+    东西 时候 今天 特别 太 最 更 挺 个 次 说 会 要 能 去 来 用 看 做 买 后 前 多 少 好""".split()
+)
+_EN_WORD_RE = re.compile(r"[a-z][a-z'\-]*[a-z]|[a-z]")
+_HAS_CJK_RE = re.compile(rf"[{CJK_CHARS}]")
+
+
+def _jieba():
+    """jieba with its dictionary loaded once per Python worker, quietly."""
+    import logging
+
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)
+    return jieba
+
+
+def terms(text: str | None, bigrams: bool = True) -> list[str]:
+    """Profile terms of a cleaned text: lower-cased English words (no stop words, no mask
+    tokens), jieba words for Chinese runs, plus adjacent-term bigrams."""
+    if not text:
+        return []
+    for token in MASK_TOKENS:
+        text = text.replace(token, " ")
+    out: list[str] = []
+    # Split into CJK and non-CJK runs so English inside Chinese text is tokenised as English.
+    for run in re.split(rf"([{CJK_CHARS}]+)", text):
+        if not run:
+            continue
+        if _HAS_CJK_RE.match(run):
+            words = [w for w in _jieba().lcut(run) if w.strip() and w not in ZH_STOP_WORDS and len(w) > 1]
+        else:
+            words = [w for w in _EN_WORD_RE.findall(run.lower()) if w not in EN_STOP_WORDS and len(w) > 2]
+        out.extend(words)
+    if bigrams:
+        out.extend(f"{a} {b}" for a, b in zip(out, out[1:]))
+    return out
+
+
+def terms_udf(bigrams: bool = True):
+    """pandas UDF: cleaned string -> array<string> of profile terms."""
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf("array<string>")
+    def _terms(texts: pd.Series) -> pd.Series:
+        return pd.Series([terms(t, bigrams) for t in texts], dtype=object)
+
+    return _terms
