@@ -39,9 +39,15 @@ def pytest_collection_modifyitems(config, items):
 
 def local_conf(base: dict, **over) -> dict:
     """conf/local.yaml + `base` + keyword overrides spelled with "__" for nesting
-    (embed__model_path=p -> {"embed": {"model_path": p}}), validated like the jobs do."""
+    (embed__model_path=p -> {"embed": {"model_path": p}}), validated like the jobs do.
+
+    MLflow tracking is off unless `base` or an override sets tracking.mlflow: tests/test_tracking.py
+    and the sample run (tests/test_end_to_end.py) track; elsewhere no test checks it, and every
+    tracked run into a fresh lake creates its SQLite store (MLflow's schema migrations) and logs
+    the model: seconds per job run."""
     from jobs import config
 
+    base.setdefault("tracking", {}).setdefault("mlflow", False)
     for key, value in over.items():
         *parents, last = key.split("__")
         node = base
@@ -67,8 +73,8 @@ _PROFILE: list[str] = []
 
 
 def subprocess_profile(master: str | None = None) -> str:
-    """conf/local.yaml with TEST_SPARK_CONF (and `master`), written once per test process: the
-    profile for the jobs that tests run as subprocesses (`--conf`)."""
+    """conf/local.yaml with TEST_SPARK_CONF (and `master`), MLflow tracking off, written once per
+    test process: the profile for the jobs that tests run as subprocesses (`--conf`)."""
     import tempfile
 
     import yaml
@@ -77,6 +83,7 @@ def subprocess_profile(master: str | None = None) -> str:
         return _PROFILE[0]
     prof = yaml.safe_load((ROOT / "conf" / "local.yaml").read_text())
     prof["spark"]["conf"].update(TEST_SPARK_CONF)
+    prof["tracking"] = {"mlflow": False}  # (as in local_conf: no test of a subprocess job checks MLflow)
     if master:
         prof["spark"]["master"] = master
     fd, path = tempfile.mkstemp(prefix="seglake-test-", suffix=".yaml")
@@ -100,6 +107,29 @@ def delta_settings() -> dict[str, str]:
     return with_delta({}, jars)  # (TEST_SPARK_CONF holds the Delta settings for tiny tables)
 
 
+# The session's runtime SQL settings (TEST_SPARK_CONF's and the fixture's own), put back after
+# every test: a job's main() run in this process (seglake-assign --conf conf/local.yaml, say)
+# applies its profile's spark.sql.* settings to the shared session (jobs/session.py), and
+# conf/local.yaml's 8 shuffle partitions would otherwise stay for every later test.
+SESSION_SQL_CONF = {
+    **{k: v for k, v in TEST_SPARK_CONF.items() if k.startswith("spark.sql.")},
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.execution.arrow.maxRecordsPerBatch": "512",
+}
+
+
+@pytest.fixture(autouse=True)
+def _session_sql_conf_restored():
+    yield
+    from pyspark.sql import SparkSession
+
+    session = SparkSession.getActiveSession()
+    if session is not None:
+        for key, value in SESSION_SQL_CONF.items():
+            if session.conf.get(key) != value:
+                session.conf.set(key, value)
+
+
 @pytest.fixture(scope="session")
 def spark():
     from pyspark.sql import SparkSession
@@ -117,7 +147,7 @@ def spark():
         .config("spark.default.parallelism", "2")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.session.timeZone", SESSION_SQL_CONF["spark.sql.session.timeZone"])
         .config("spark.driver.memory", "6g")
         # One driver serves hundreds of jobs here: keep the UI listeners' history short (their
         # plans and metrics otherwise pile up in the heap over a whole test run).
@@ -126,7 +156,12 @@ def spark():
         .config("spark.ui.retainedJobs", "100")
         .config("spark.ui.retainedStages", "100")
         .config("spark.python.worker.reuse", "true")
-        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "512")
+        # Workers forked from a daemon that has torch and transformers loaded (tests/spark_daemon.py);
+        # the repo root on their path finds it wherever pytest was started.
+        .config("spark.python.daemon.module", "tests.spark_daemon")
+        .config("spark.executorEnv.PYTHONPATH", os.pathsep.join(
+            [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", SESSION_SQL_CONF["spark.sql.execution.arrow.maxRecordsPerBatch"])
         .getOrCreate()
     )
     session.sparkContext.setLogLevel("ERROR")

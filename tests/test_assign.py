@@ -6,19 +6,18 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 from deltalake import DeltaTable
 
-from jobs import assign, delta_io, drift
-from jobs import hooks
-from jobs import cli
-from tests import fault_hooks as faults
+from jobs import assign, cli, delta_io, drift, hooks
 from jobs.history import read_history, segment_at
 from jobs.segment_users import run as full_run
 from jobs.user_vectors import user_state
+from tests import fault_hooks as faults
 from tests.conftest import local_conf, subprocess_profile
 
 pytestmark = pytest.mark.e2e  # whole job runs (tests/conftest.py: tiers)
@@ -128,14 +127,23 @@ def test_reassign_all_reproduces_the_full_job_exactly(spark, tiny_model, full_la
     assert d.mean_shift[0] == pytest.approx(0.0, abs=1e-9) and not d.refit_recommended[0]
 
 
-def test_incremental_batch(spark, tiny_model, full_lake, tmp_path):
-    lake = _copy(full_lake, tmp_path)
+@pytest.fixture(scope="module")
+def incremental(spark, tiny_model, full_lake, tmp_path_factory) -> SimpleNamespace:
+    """One incremental batch a1 (NEW_TEXTS, NEW_EVENTS) on a copy of the full lake, shared by the
+    checks of that batch below (the last one, the rerun without the watermark, changes the lake)."""
+    tmp = tmp_path_factory.mktemp("incremental")
+    lake = _copy(full_lake, tmp)
     v0 = DeltaTable(str(lake / "user_segments")).version()
-    texts = _csv(tmp_path / "new" / "texts.csv", "user_id,text,ts,item_id,lang", NEW_TEXTS)
-    events = _csv(tmp_path / "new" / "events.csv", "user_id,item_id,event_type,rating,category,ts", NEW_EVENTS)
-    conf = _conf(tmp_path, tiny_model, run_id="a1", assign__texts__path=texts, assign__events__path=events)
+    texts = _csv(tmp / "new" / "texts.csv", "user_id,text,ts,item_id,lang", NEW_TEXTS)
+    events = _csv(tmp / "new" / "events.csv", "user_id,item_id,event_type,rating,category,ts", NEW_EVENTS)
+    conf = _conf(tmp, tiny_model, run_id="a1", assign__texts__path=texts, assign__events__path=events)
     before = _segments(lake)
     res = assign.run(spark, conf)
+    return SimpleNamespace(lake=lake, v0=v0, texts=texts, conf=conf, before=before, res=res)
+
+
+def test_incremental_batch(spark, incremental):
+    lake, before, res = incremental.lake, incremental.before, incremental.res
     c = res.counts
     # Nothing lost: every row read is applied or quarantined, with its reason.
     assert (c["texts_read"], c["texts_kept"], c["events_read"], c["events_kept"]) == (20, 18, 2, 2)
@@ -172,7 +180,7 @@ def test_incremental_batch(spark, tiny_model, full_lake, tmp_path):
     assert segment_at(h, "f1", mine.loc["f1", "changed_at"])["new_segment_id"] == after.loc["f1", "segment_id"]
     assert segment_at(h, "n1", t_full) is None
     # ... and Delta time travel shows the table as it was.
-    old = delta_io.read_table(spark, str(lake / "user_segments"), engine="delta-rs", version=v0).toPandas()
+    old = delta_io.read_table(spark, str(lake / "user_segments"), engine="delta-rs", version=incremental.v0).toPandas()
     assert len(old) == 30
 
     # Watermarks advanced; the run and its drift are recorded.
@@ -180,28 +188,15 @@ def test_incremental_batch(spark, tiny_model, full_lake, tmp_path):
     assert ar.loc["a1", "status"] == "succeeded" and str(ar.loc["a1", "texts_watermark"]).startswith("2026-02-03")
     assert _table(lake / "drift").set_index("run_id").loc["a1", "users"] == 5
 
-    # The same run again, now without the watermark: what it applied is not applied twice; the
-    # late row it had quarantined is applied now, once.
-    again = assign.run(spark, {**conf, "assign": {**conf["assign"], "watermark": False}})
-    assert again.counts["users_touched"] == 6
-    uv2 = _table(lake / "user_vectors").set_index("user_id")
-    assert uv2.loc["f1", "n_texts"] == 18 and uv2.loc["t2", "n_events"] == 3 and uv2.loc["v3", "n_texts"] == 4
-    hist2 = _table(lake / "segment_history")
-    assert set(hist2[hist2.run_id == "a1"].user_id) >= {"f1", "n1", "n2", "n3"}
-    assert hist2[hist2.run_id == "a1"].user_id.is_unique
 
-
-def test_running_state_matches_pooling_everything(spark, tiny_model, full_lake, tmp_path):
+def test_running_state_matches_pooling_everything(spark, incremental):
     """After an incremental batch, a touched user's stored state equals the state of all their texts."""
-    lake = _copy(full_lake, tmp_path)
-    texts = _csv(tmp_path / "new" / "texts.csv", "user_id,text,ts,item_id,lang", F1_TEXTS + OTHER_TEXTS[:1])
-    conf = _conf(tmp_path, tiny_model, run_id="a2", assign__texts__path=texts)
-    assign.run(spark, conf)
+    lake, conf = incremental.lake, incremental.conf
     uv = _table(lake / "user_vectors").set_index("user_id")
     # The reference: every text of f1 / t2, embedded through the cache, pooled at once.
     emb = delta_io.read_table(spark, str(lake / "text_embeddings"), engine="delta-rs")
     hist_texts = spark.read.option("header", True).csv(conf["input"]["texts"]["path"])
-    new_texts = spark.read.option("header", True).csv(texts)
+    new_texts = spark.read.option("header", True).csv(incremental.texts)
     from jobs.clean import clean_texts
     from pyspark.sql import functions as F
 
@@ -214,6 +209,19 @@ def test_running_state_matches_pooling_everything(spark, tiny_model, full_lake, 
     for u in ("f1", "t2"):
         assert uv.loc[u, "n_texts"] == want[u].n_texts
         np.testing.assert_allclose(uv.loc[u, "text_mean"], want[u].text_mean, rtol=1e-9, atol=1e-12)
+
+
+def test_incremental_batch_again_without_watermark_applies_once(spark, incremental):
+    """The same run again, now without the watermark: what it applied is not applied twice; the
+    late row it had quarantined is applied now, once. (Changes the shared lake: last of its users.)"""
+    lake, conf = incremental.lake, incremental.conf
+    again = assign.run(spark, {**conf, "assign": {**conf["assign"], "watermark": False}})
+    assert again.counts["users_touched"] == 6
+    uv2 = _table(lake / "user_vectors").set_index("user_id")
+    assert uv2.loc["f1", "n_texts"] == 18 and uv2.loc["t2", "n_events"] == 3 and uv2.loc["v3", "n_texts"] == 4
+    hist2 = _table(lake / "segment_history")
+    assert set(hist2[hist2.run_id == "a1"].user_id) >= {"f1", "n1", "n2", "n3"}
+    assert hist2[hist2.run_id == "a1"].user_id.is_unique
 
 
 def test_crashed_batch_is_resumed_not_applied_twice(spark, tiny_model, full_lake, tmp_path, monkeypatch):
@@ -253,7 +261,7 @@ def test_drift_is_flagged_and_refit(spark, tiny_model, full_lake, tmp_path, caps
     texts = _csv(tmp_path / "new" / "texts.csv", "user_id,text,ts,item_id,lang", zh)
     conf = _conf(tmp_path, tiny_model)
     profile = tmp_path / "conf.yaml"
-    profile.write_text(yaml.safe_dump({k: conf[k] for k in ("input", "embed", "cluster", "drift", "user_vectors")}
+    profile.write_text(yaml.safe_dump({k: conf[k] for k in ("input", "embed", "cluster", "drift", "user_vectors", "tracking")}
                                       | {"output": {"report": False}}), encoding="utf-8")
     rc = cli.assign_main(["--conf", str(profile), "--output", str(lake), "--texts", texts, "--run-id", "d1",
                       "--refit-if-drifted"])
@@ -290,9 +298,12 @@ def test_cli(spark, tiny_model, full_lake, tmp_path, capsys):
     assert "--texts" in capsys.readouterr().err
 
 
+def _assign_args(lake: Path, tiny_model: str, *args: str) -> list[str]:
+    return ["--conf", subprocess_profile(), "--output", str(lake), "--model-path", tiny_model, *args]
+
+
 def _assign_cli(lake: Path, tiny_model: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "tests.fault_hooks", "assign", "--conf", subprocess_profile(), "--output", str(lake),
-           "--model-path", tiny_model, *args]
+    cmd = [sys.executable, "-m", "tests.fault_hooks", "assign", *_assign_args(lake, tiny_model, *args)]
     return subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True,
                           timeout=600)
 
@@ -300,8 +311,9 @@ def _assign_cli(lake: Path, tiny_model: str, *args: str, env: dict | None = None
 @pytest.mark.slow
 def test_stream_killed_and_restarted_equals_one_batch(spark, tiny_model, full_lake, tmp_path):
     """availableNow over a folder of 3 text files (one per micro-batch) and an events folder;
-    the driver is SIGKILLed right after committing user_vectors in the second micro-batch,
-    then restarted: the result equals one batch run over the same files."""
+    the driver (a subprocess) is SIGKILLed right after committing user_vectors in the second
+    micro-batch, then restarted (in this process's driver, from the killed one's checkpoint):
+    the result equals one batch run over the same files (the same CLI, in this process too)."""
     stream_lake = _copy(full_lake, tmp_path / "s")
     batch_lake = _copy(full_lake, tmp_path / "b")
     header = "user_id,text,ts,item_id,lang"
@@ -314,10 +326,12 @@ def test_stream_killed_and_restarted_equals_one_batch(spark, tiny_model, full_la
     killed = _assign_cli(stream_lake, tiny_model, *inputs, *stream,
                          env={faults.ENV: "after_user_vectors:s-000001"})
     assert killed.returncode == -9, killed.stderr[-3000:]
-    restarted = _assign_cli(stream_lake, tiny_model, *inputs, *stream)
-    assert restarted.returncode == 0, restarted.stderr[-3000:]
-    once = _assign_cli(batch_lake, tiny_model, *inputs, "--run-id", "one")
-    assert once.returncode == 0, once.stderr[-3000:]
+    # The restart and the one batch need no process of their own: the shared session's driver
+    # is a different driver from the killed one, and the same seglake-assign CLI runs in it.
+    restarted = cli.assign_main(_assign_args(stream_lake, tiny_model, *inputs, *stream))
+    assert restarted == 0
+    once = cli.assign_main(_assign_args(batch_lake, tiny_model, *inputs, "--run-id", "one"))
+    assert once == 0
 
     runs = _table(stream_lake / "assign_runs")
     assert sorted(runs.run_id) == ["s-000000", "s-000001", "s-000002"] and (runs.status == "succeeded").all()

@@ -25,8 +25,7 @@ from pyspark.sql.types import (
     StructType,
 )
 
-from jobs import delta_io
-from jobs import delta_rs
+from jobs import delta_io, delta_rs
 from jobs.delta_io import (
     DeltaSchemaMismatch,
     NativeDeltaRequired,

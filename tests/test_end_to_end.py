@@ -33,7 +33,7 @@ def sample_run(spark, tmp_path_factory):
     """One run of the demo configuration (real all-MiniLM-L6-v2, k auto) on the committed sample."""
     tmp = tmp_path_factory.mktemp("e2e")
     conf = _conf(tmp, run_id="e2e", input__texts__path=str(SAMPLE / "texts.csv"),
-                 input__events__path=str(SAMPLE / "events.csv"))
+                 input__events__path=str(SAMPLE / "events.csv"), tracking__mlflow="auto")  # (tracked, as in make demo)
     result = run(spark, conf)
     return result, tmp / "lake"
 

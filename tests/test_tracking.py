@@ -18,7 +18,7 @@ mlflow = pytest.importorskip("mlflow")
 
 def _conf(tmp_path, tiny_model, **over) -> dict:
     texts, events = _write_small_inputs(tmp_path)
-    over = {"cluster__k": 2, "cluster__stability_seeds": 0, **over}
+    over = {"cluster__k": 2, "cluster__stability_seeds": 0, "tracking__mlflow": "auto", **over}  # (the default)
     return local_conf({"output": {"root": str(tmp_path / "lake")}}, embed__model_path=tiny_model,
                       input__texts__path=texts, input__events__path=events, **over)
 
