@@ -119,8 +119,10 @@ SESSION_SQL_CONF = {
 
 
 @pytest.fixture(autouse=True)
-def _session_sql_conf_restored():
+def _session_sql_conf_restored(request):
     yield
+    if "spark" not in request.fixturenames:  # (only tests on the shared session run jobs in it)
+        return
     from pyspark.sql import SparkSession
 
     session = SparkSession.getActiveSession()
