@@ -87,7 +87,7 @@ def _conf(texts: str | None = None, events: str | None = None, **over) -> dict:
 
 def load_kept(spark: SparkSession, path: str, name: str) -> DataFrame:
     """An input read, validated and cleaned exactly as the job does; the kept rows."""
-    from jobs.segment_users import read_input
+    from jobs.pipeline import read_input
 
     return ingest.split_quarantine(read_input(spark, _conf(**{name: path}), name))[0]
 

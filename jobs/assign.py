@@ -162,7 +162,7 @@ class State:
 def state_stage(ctx: RunContext, texts: DataFrame | None, events: DataFrame | None, model_run: ModelRun,
                 reassign_all: bool) -> State:
     """Each touched user's running state: the stored state combined with this batch's."""
-    params, mid = model_run.params, embed_model_id(ctx.conf["embed"])
+    params, mid = model_run.params, embed_model_id(EmbedConf.of(ctx.conf))
     with ctx.stage("user_vectors"):
         stored = ctx.lake.read_if_exists("user_vectors")
         if stored is None:

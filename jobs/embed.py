@@ -84,10 +84,8 @@ def embed_with_cache(
     return hits.select("text_hash", text_col, out_col), new.select("text_hash", text_col, out_col)
 
 
-def embed_model_id(ec: EmbedConf | dict) -> str:
+def embed_model_id(ec: EmbedConf) -> str:
     """The cache key of the embedding model of conf section `embed` (see udfs.embedding.model_id)."""
-    if isinstance(ec, dict):
-        ec = EmbedConf(**ec)
     return model_id(ec.model_path, ec.max_tokens, ec.precision)
 
 

@@ -136,7 +136,7 @@ def user_vectors_stage(ctx: RunContext, embedded: Embedded, events: DataFrame | 
         # The state is persisted first: the user_vectors table and the features are derived
         # from the very same rows, so the assign job reproduces every user's segment exactly.
         state = ctx.keep(user_state(embedded.texts, events, pooling=uc.pooling, half_life_days=uc.half_life_days,
-                                    model_id=embed_model_id(ctx.conf["embed"]), updated_by=ctx.run_id))
+                                    model_id=embed_model_id(EmbedConf.of(ctx.conf)), updated_by=ctx.run_id))
         users, feature_params, _ = build_user_vectors(
             embedded.texts, events, pooling=uc.pooling, half_life_days=uc.half_life_days,
             behaviour_weight=uc.behaviour_weight, n_categories=uc.top_categories, text_dim=embedded.dim, state=state)
@@ -417,7 +417,7 @@ def write_runs_row(ctx: RunContext, status: str, res: RunResult | None = None, w
         "k_selection": [{c: s.get(c) for c in K_COLUMNS} for s in res.k_selection],
         "model_path": res.model_path, "report_path": res.report_path,
         "feature_params": json.dumps(feature_params) if feature_params is not None else None,
-        "embed_model_id": embed_model_id(ctx.conf["embed"]) if status == "succeeded" else None,
+        "embed_model_id": embed_model_id(EmbedConf.of(ctx.conf)) if status == "succeeded" else None,
         **(watermarks or {"texts_watermark": None, "events_watermark": None}),
     }
     ctx.lake.write_run("runs", ctx.lake.rows("runs", [row]), ctx.run_id)
