@@ -216,9 +216,15 @@ class UserVectorsConf(Section):
     half_life_days: float = 30.0
     behaviour_weight: float = 0.3
     top_categories: int = 10
+    # Each main language's mean text direction removed (jobs/user_vectors.language_means):
+    # auto = for mixed-language input (2+ languages with language_min_users text users each).
+    language_centring: str = "auto"
+    language_min_users: int = 30
 
     def check(self) -> None:
         self._choice("pooling", ("mean", "recency"))
+        self._choice("language_centring", ("auto", "on", "off"))
+        self._int("language_min_users", 1)
         hl = self.half_life_days
         _check(isinstance(hl, (int, float)) and hl > 0, "user_vectors.half_life_days", f"must be > 0, got {hl!r}")
         w = self.behaviour_weight
@@ -244,6 +250,12 @@ class ClusterConf(Section):
     stability_seeds: int = 0  # >= 2: refit with this many seeds on the sample, report mean pairwise ARI
     stability_min_ari: float = 0.8  # below it the run is flagged unstable
     distance: str = "euclidean"
+    # KMeans fits on at most this many users run on the driver (k-means++, driver_n_init
+    # restarts: scikit-learn's algorithm, lower costs than MLlib's k-means|| at these sizes);
+    # larger fit samples go to MLlib. Memory: users x dims x 8 bytes (100k x 384: 307 MB). 0: always MLlib.
+    driver_fit_max_users: int = 100000
+    driver_n_init: int = 10  # restarts of each driver fit of the k sweep and the stability check
+    final_n_init: int = 40  # restarts of the final driver fit, while small (jobs.cluster.driver_restarts)
 
     def check(self) -> None:
         self._choice("algorithm", ("kmeans", "bisecting"))
@@ -260,12 +272,16 @@ class ClusterConf(Section):
         self._int("n_init", 1, 50)
         self._int("init_steps", 1, 20)
         self._int("stability_seeds", 0, 20)
+        self._int("driver_fit_max_users", 0)
+        self._int("driver_n_init", 1, 100)
+        self._int("final_n_init", 1, 200)
         self._share("k_tolerance", "stability_min_ari")
 
     @property
     def fit_settings(self) -> dict:
         """What every MLlib fit of the run takes."""
-        return {k: getattr(self, k) for k in ("algorithm", "seed", "max_iter", "distance", "n_init", "init_steps")}
+        return {k: getattr(self, k) for k in ("algorithm", "seed", "max_iter", "distance", "n_init", "init_steps",
+                                              "driver_fit_max_users", "driver_n_init")}
 
 
 @dataclass(frozen=True)

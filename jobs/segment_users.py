@@ -139,7 +139,8 @@ def user_vectors_stage(ctx: RunContext, embedded: Embedded, events: DataFrame | 
                                     model_id=embed_model_id(EmbedConf.of(ctx.conf)), updated_by=ctx.run_id))
         users, feature_params, _ = build_user_vectors(
             embedded.texts, events, pooling=uc.pooling, half_life_days=uc.half_life_days,
-            behaviour_weight=uc.behaviour_weight, n_categories=uc.top_categories, text_dim=embedded.dim, state=state)
+            behaviour_weight=uc.behaviour_weight, n_categories=uc.top_categories, text_dim=embedded.dim, state=state,
+            language_centring=uc.language_centring, language_min_users=uc.language_min_users)
         users = ctx.keep(users)
         wm = state.agg(F.max("last_text_ts").alias("t"), F.max("last_event_ts").alias("e")).first()
         row = users.agg(F.count(F.lit(1)).alias("n"),
@@ -190,7 +191,7 @@ def cluster_stage(ctx: RunContext, u: Users, cc: ClusterConf, pc: PrivacyConf) -
             ctx.keep(sample)  # (already persisted by the sweep: released with the rest)
         if model is None:  # the sweep's model is reused when it already saw every user
             model = cluster.fit_on_sample(u.users, k, n_users=n_users, sample_size=cc.fit_sample_size,
-                                          **cc.fit_settings)
+                                          final_n_init=cc.final_n_init, **cc.fit_settings)
         assigned = ctx.keep(cluster.assign(u.users, model, cc.distance))
         # (MLlib may return fewer centroids than k when the data has fewer distinct points.)
         assigned, privacy_note = min_segment_size(ctx, assigned, u.users, model, len(model.clusterCenters()), pc,
@@ -214,8 +215,8 @@ def stability(ctx: RunContext, users: DataFrame, sample: DataFrame | None, k: in
     if sample is None:
         sample = ctx.keep(cluster.stratified_sample(users, ctx.counts["users"], cc.sample_size, cc.seed))
     seeds = [cc.seed + 1000 * (i + 1) for i in range(cc.stability_seeds)]
-    ari = cluster.stability(sample, k, seeds, algorithm=cc.algorithm, max_iter=cc.max_iter, distance=cc.distance,
-                            n_init=cc.n_init, init_steps=cc.init_steps)
+    settings = {name: value for name, value in cc.fit_settings.items() if name != "seed"}
+    ari = cluster.stability(sample, k, seeds, **settings)
     if ari < cc.stability_min_ari:
         log.warning("unstable segmentation: mean pairwise ARI over %d seeds is %.3f (< %.2f); "
                     "segments depend on the seed, consider another k or more data", len(seeds), ari,

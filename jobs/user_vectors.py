@@ -31,6 +31,8 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
+
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.stat import Summarizer
 from pyspark.sql import Column, DataFrame
@@ -265,18 +267,66 @@ def main_lang(col: str = "lang_counts") -> Column:
     return F.when(F.size(F.col(col)) > 0, ranked[0].getField("lang"))
 
 
+def _unit(df: DataFrame, col: str, out: str) -> DataFrame:
+    """df + `out`: the array column `col` scaled to unit length (zero vectors stay zero)."""
+    # The norm gets its own column: inside the transform's lambda it would be recomputed for
+    # every element (d^2 work per user).
+    df = df.withColumn("_norm", _norm(F.col(col)))
+    return df.withColumn(out, F.when(F.col("_norm") > 0, F.transform(col, lambda x: x / F.col("_norm")))
+                         .otherwise(F.col(col))).drop("_norm")
+
+
+def _centred_by_language(df: DataFrame, col: str, means: dict[str, list[float]]) -> DataFrame:
+    """`col` (unit text vectors) minus the mean m of the user's main language, divided by
+    sqrt(1 - |m|^2), the root mean square distance of that language's unit vectors to m; users
+    of other languages (or none) keep their vector. See `language_means`."""
+    pairs, scales = [], []
+    for lang, vec in sorted(means.items()):
+        m = np.asarray(vec, dtype=np.float64)
+        pairs += [F.lit(lang), F.array(*[F.lit(float(v)) for v in m])]
+        scales += [F.lit(lang), F.lit(1.0 / math.sqrt(max(1.0 - float(m @ m), 1e-12)))]
+    mean, inv = F.create_map(*pairs)[main_lang()], F.create_map(*scales)[main_lang()]
+    return df.withColumn(col, F.when(mean.isNull() | F.col(col).isNull(), F.col(col))
+                         .otherwise(F.zip_with(col, mean, lambda x, mu: (x - mu) * inv)))
+
+
+def language_means(state: DataFrame, min_users: int, mode: str = "auto") -> dict[str, list[float]]:
+    """The mean unit text vector of each main language with at least `min_users` text users.
+
+    Why: a model trained mostly on one language puts each language's texts in its own region,
+    and that direction dominates the distances: KMeans then splits by language and leaves the
+    smaller language's topics in one segment (on the sample, with the English default model,
+    all Chinese users in one segment). Each language's vectors centred on their mean and
+    scaled to a mean squared norm of 1 (as unit vectors have) keep only what differs within
+    the language, at the same spread in every language, so segments follow topics in each.
+    Measured on the sample (text vectors, scikit-learn KMeans, k by silhouette): ARI among
+    Chinese users 0.00 plain, 0.80 centred and made unit per user, 0.89 centred and scaled per
+    language (this); English 0.99 in all three.
+    `mode` auto: only for mixed-language input (two or more such languages); on: any such
+    language; off: never ({})."""
+    if mode == "off":
+        return {}
+    has_text = F.col("text_mean").isNotNull() & (F.col("n_texts") > 0)
+    users = _unit(state.where(has_text).withColumn("_lang", main_lang()).where(F.col("_lang").isNotNull()),
+                  "text_mean", "_u")
+    rows = (users.groupBy("_lang").agg(F.count(F.lit(1)).alias("n"),
+                                       Summarizer.mean(array_to_vector("_u")).alias("m"))
+            .where(F.col("n") >= min_users).collect())
+    if mode == "auto" and len(rows) < 2:
+        return {}
+    return {r["_lang"]: [float(v) for v in r["m"].toArray()] for r in rows}
+
+
 def features(state: DataFrame, params: dict) -> DataFrame:
     """user_id, features (Vector), n_texts, n_events, lang — from state and fusion params."""
     w = float(params["behaviour_weight"])
     names = list(params.get("behaviour_features") or [])
     wt = math.sqrt(1.0 - w)
     zero_text = F.array_repeat(F.lit(0.0), int(params["text_dim"]))
-    # The norm gets its own column: inside the transform's lambda it would be recomputed for
-    # every element (d^2 work per user). Zero vectors stay zero; no texts -> zero text part.
-    state = state.withColumn("_norm", _norm(F.col("text_mean")))
-    unit = F.when(F.col("_norm") > 0, F.transform("text_mean", lambda x: x / F.col("_norm"))).otherwise(
-        F.col("text_mean"))
-    text = F.coalesce(unit, zero_text)
+    state = _unit(state, "text_mean", "_unit")
+    if params.get("language_means"):
+        state = _centred_by_language(state, "_unit", params["language_means"])
+    text = F.coalesce(F.col("_unit"), zero_text)  # no texts -> zero text part
     if not names or w == 0:
         df, arr = state, F.transform(text, lambda x: x * wt)
     else:
@@ -291,12 +341,14 @@ def features(state: DataFrame, params: dict) -> DataFrame:
 
 def fusion_params(state: DataFrame, events: DataFrame | None, *, pooling: str = "mean",
                   half_life_days: float = 30.0, behaviour_weight: float = 0.3, n_categories: int = 10,
-                  text_dim: int) -> dict:
+                  text_dim: int, language_centring: str = "off", language_min_users: int = 30) -> dict:
     """The parameters `features` needs, fitted on the full job's users: the behaviour
-    categories and each behaviour feature's mean and std. Saved with the model run."""
+    categories and each behaviour feature's mean and std, the language means. Saved with the
+    model run."""
     params: dict = {"text_dim": text_dim, "behaviour_weight": behaviour_weight, "pooling": pooling,
                     "half_life_days": half_life_days, "categories": [], "behaviour_features": [],
-                    "behaviour_stats": {}}
+                    "behaviour_stats": {},
+                    "language_means": language_means(state, language_min_users, language_centring)}
     if events is None:
         return params
     cats = top_categories(events, n_categories)
@@ -308,12 +360,14 @@ def fusion_params(state: DataFrame, events: DataFrame | None, *, pooling: str = 
 def build_user_vectors(texts: DataFrame, events: DataFrame | None, *, pooling: str = "mean",
                        half_life_days: float = 30.0, behaviour_weight: float = 0.3, n_categories: int = 10,
                        text_dim: int, model_id: str | None = None, updated_by: str = "",
-                       state: DataFrame | None = None) -> tuple[DataFrame, dict, DataFrame]:
+                       state: DataFrame | None = None, language_centring: str = "off",
+                       language_min_users: int = 30) -> tuple[DataFrame, dict, DataFrame]:
     """The whole stage: (users with features, fusion params, state). Pass `state` (e.g. a
     persisted user_state) to derive params and features from exactly those rows."""
     if state is None:
         state = user_state(texts, events, pooling=pooling, half_life_days=half_life_days, model_id=model_id,
                            updated_by=updated_by)
     params = fusion_params(state, events, pooling=pooling, half_life_days=half_life_days,
-                           behaviour_weight=behaviour_weight, n_categories=n_categories, text_dim=text_dim)
+                           behaviour_weight=behaviour_weight, n_categories=n_categories, text_dim=text_dim,
+                           language_centring=language_centring, language_min_users=language_min_users)
     return features(state, params), params, state

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import json
 import shutil
 import subprocess
 import sys
@@ -77,7 +78,10 @@ def _conf(tmp: Path, tiny_model: str, **over) -> dict:
             "cluster": {"k": 3, "stability_seeds": 0}, "drift": {"min_users": 1},
             # Segments by text only, so the test can say where a user who writes differently goes
             # (events still update the state: n_events, event_counts).
-            "user_vectors": {"behaviour_weight": 0.0}}
+            "user_vectors": {"behaviour_weight": 0.0,
+                             # Centred on the (one) language's mean, so that assign's parity with the
+                             # full run covers the language means saved with the model run.
+                             "language_centring": "on", "language_min_users": 5}}
     return local_conf(base, **over)
 
 
@@ -109,6 +113,7 @@ def test_full_job_writes_state_and_history(full_lake):
     assert len(hist) == 30 and hist.old_segment_id.isna().all() and (hist.model_run_id == "full1").all()
     runs = _table(lake / "runs")
     assert str(runs.texts_watermark[0]).startswith("2026-01-12")
+    assert set(json.loads(runs.feature_params[0])["language_means"]) == {"en"}
 
 
 def test_reassign_all_reproduces_the_full_job_exactly(spark, tiny_model, full_lake, tmp_path):

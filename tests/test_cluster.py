@@ -91,6 +91,37 @@ def test_restarts_keep_the_lowest_cost(blobs):
     assert best == pytest.approx(min(singles))
 
 
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_driver_fit_is_an_mllib_model_at_scikit_learns_cost(spark, tmp_path, distance):
+    """The driver fit (k-means++, 10 restarts) reaches scikit-learn's cost on overlapping groups
+    where MLlib's k-means|| does not do better, and its model saves, loads and predicts like MLlib's."""
+    from pyspark.ml.clustering import KMeansModel
+    from sklearn.cluster import KMeans as SkKMeans
+
+    rng = np.random.default_rng(5)
+    x = np.vstack([rng.normal(c, 1.2, (40, 6)) for c in rng.normal(0, 2.5, (7, 6))])
+    users = spark.createDataFrame([(Vectors.dense(v),) for v in x], ["features"]).cache()
+    model = cluster.fit(users, 7, distance=distance, driver_fit_max_users=1000, n_init=3)
+    mllib = cluster.fit(users, 7, distance=distance, n_init=3)
+    assert cluster.training_cost(model) <= cluster.training_cost(mllib) * (1 + 1e-9)
+    pred = cluster.assign(users, model, distance)
+    assert cluster.total_cost(pred, distance) == pytest.approx(cluster.training_cost(model), rel=1e-6)
+    if distance == "euclidean":
+        sk = SkKMeans(7, n_init=10, random_state=0).fit(x)
+        assert cluster.training_cost(model) <= sk.inertia_ * 1.002
+    model.write().save(str(tmp_path / "m"))
+    loaded = KMeansModel.load(str(tmp_path / "m"))
+    assert loaded.getDistanceMeasure() == distance and loaded.getPredictionCol() == "segment_id"
+    same = loaded.transform(users).select("segment_id").collect()
+    assert [r.segment_id for r in same] == [r.segment_id for r in pred.select("segment_id").collect()]
+
+
+def test_driver_fit_returns_fewer_centres_for_fewer_distinct_points(spark):
+    users = spark.createDataFrame([(Vectors.dense([float(i % 3), 0.0]),) for i in range(30)], ["features"])
+    model = cluster.fit(users, 5, driver_fit_max_users=100)
+    assert len(model.clusterCenters()) == 3
+
+
 def test_silhouette_high_for_planted_groups(blobs):
     pred = cluster.assign(blobs, cluster.fit(blobs, 4), "euclidean")
     assert cluster.silhouette(pred) > 0.8
@@ -119,3 +150,10 @@ def test_fewer_distinct_vectors_than_k(spark):
     pred = cluster.assign(users, model).collect()
     assert len(pred) == 60 and {r.distance for r in pred} == {0.0}
     assert len({r.segment_id for r in pred}) == 5
+
+
+def test_driver_restarts_grow_only_while_cheap():
+    assert cluster.driver_restarts((660, 399), 10, 10, 40) == 40  # the sample: best of 40
+    assert cluster.driver_restarts((100_000, 384), 50, 10, 40) == 10  # 1.9e9 per restart: the minimum
+    assert cluster.driver_restarts((50_000, 384), 30, 10, 40) == 34  # 2e10 / 5.76e8
+    assert cluster.driver_restarts((50, 4), 3, 10, 0) == 10  # final_n_init 0: the sweep's restarts

@@ -13,7 +13,6 @@ import threading
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from tests.conftest import subprocess_profile

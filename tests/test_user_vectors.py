@@ -139,3 +139,36 @@ def test_running_update_is_not_applied_twice(spark):
     again = _by_user(combine_state(once, batch, updated_by="b1"))  # a crashed batch, rerun
     assert again["a"].n_texts == 2
     np.testing.assert_allclose(again["a"].text_mean, [0.5, 0.5])
+
+
+def test_language_centring_removes_each_languages_direction(spark):
+    """Two languages far apart (English users near e1, Chinese near e2): centred, each
+    language's text vectors have mean 0 and mean squared norm 1, so users of the smaller
+    language are as far apart as the larger's; one language alone is left as it is (auto),
+    and `language_centring: off` gives exactly the plain unit vectors."""
+    from jobs.user_vectors import fusion_params, language_means
+
+    rng = np.random.default_rng(0)
+    rows = [(f"en{i}", [float(v) for v in np.r_[1.0, 0.0, rng.normal(0, 0.3, 2)]], None, "en") for i in range(12)]
+    rows += [(f"zh{i}", [float(v) for v in np.r_[0.0, 1.0, rng.normal(0, 0.05, 2)]], None, "zh") for i in range(8)]
+    state = user_state(_texts(spark, rows), None).cache()
+    assert language_means(state, 5, "auto").keys() == {"en", "zh"}
+    assert language_means(state, 10, "auto") == {}  # only English has 10 text users: not mixed
+    assert language_means(state, 10, "on").keys() == {"en"}
+    assert language_means(state, 5, "off") == {}
+
+    plain = _by_user(features(state, {**TEXT_ONLY, "text_dim": 4}))
+    params = fusion_params(state, None, behaviour_weight=0.0, text_dim=4, language_centring="auto",
+                           language_min_users=5)
+    centred = _by_user(features(state, params))
+    for lang in ("en", "zh"):
+        x = np.vstack([_vec(centred, u) for u in centred if u.startswith(lang)])
+        np.testing.assert_allclose(x.mean(0), 0.0, atol=1e-6)
+        assert (x * x).sum(1).mean() == pytest.approx(1.0, rel=1e-6)
+    # Plain, the Chinese users sit within 0.1 of each other; centred they spread like the English.
+    zh_plain = np.vstack([_vec(plain, u) for u in plain if u.startswith("zh")])
+    assert zh_plain.std(0).sum() < 0.1
+    off = fusion_params(state, None, behaviour_weight=0.0, text_dim=4, language_centring="off")
+    assert off["language_means"] == {}
+    same = _by_user(features(state, off))
+    assert all(np.array_equal(_vec(same, u), _vec(plain, u)) for u in plain)
