@@ -103,7 +103,7 @@ def render(rows: list[dict]) -> str:
         "Cost = the k-means objective (sum of squared euclidean distances to the nearest centre) over every vector. "
         "*scikit-learn*: `KMeans(k, n_init=10)` (greedy k-means++, Lloyd). *job*: `jobs.cluster.fit_on_sample` with "
         "the default `cluster` conf, as the job's final fit (these sizes are below `driver_fit_max_users`: k-means++ on "
-        "the driver, `final_n_init` 40 restarts while n x k x d x restarts stays under 2e10, else `driver_n_init` 10). *MLlib*: the same with `driver_fit_max_users: 0`, the job's fit before this change "
+        "the driver, `final_n_init` 40 restarts while n x k x d x restarts stays under 5e9, else `driver_n_init` 10). *MLlib*: the same with `driver_fit_max_users: 0`, the job's fit before this change "
         "(k-means||, 2 init steps, 3 restarts, max_iter 40). Ratios are costs over scikit-learn's (1.000 = equal, "
         "lower is better).",
         "",

@@ -85,9 +85,9 @@ def fit(users: DataFrame, k: int, *, algorithm: str = "kmeans", seed: int = 42, 
     return best
 
 
-# Restarts beyond driver_n_init only while n x k x d x restarts stays under this (about a
-# minute of GEMMs on 2 cores): a 660-user sample gets final_n_init, 100k users x 384 x 50 do not.
-DRIVER_WORK_BUDGET = 2e10
+# Restarts beyond driver_n_init only while n x k x d x restarts stays under this (seconds of
+# GEMMs on 2 cores per Lloyd iteration): a 660-user sample gets final_n_init, 50k x 384 x 50 do not.
+DRIVER_WORK_BUDGET = 5e9
 
 
 def driver_restarts(shape: tuple[int, int], k: int, n_init: int, final_n_init: int) -> int:

@@ -252,8 +252,8 @@ class ClusterConf(Section):
     distance: str = "euclidean"
     # KMeans fits on at most this many users run on the driver (k-means++, driver_n_init
     # restarts: scikit-learn's algorithm, lower costs than MLlib's k-means|| at these sizes);
-    # larger fit samples go to MLlib. Memory: users x dims x 8 bytes (100k x 384: 307 MB). 0: always MLlib.
-    driver_fit_max_users: int = 100000
+    # larger fit samples go to MLlib. Memory: users x dims x 8 bytes (50k x 384: 154 MB). 0: always MLlib.
+    driver_fit_max_users: int = 50000
     driver_n_init: int = 10  # restarts of each driver fit of the k sweep and the stability check
     final_n_init: int = 40  # restarts of the final driver fit, while small (jobs.cluster.driver_restarts)
 

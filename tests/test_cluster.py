@@ -154,6 +154,6 @@ def test_fewer_distinct_vectors_than_k(spark):
 
 def test_driver_restarts_grow_only_while_cheap():
     assert cluster.driver_restarts((660, 399), 10, 10, 40) == 40  # the sample: best of 40
-    assert cluster.driver_restarts((100_000, 384), 50, 10, 40) == 10  # 1.9e9 per restart: the minimum
-    assert cluster.driver_restarts((50_000, 384), 30, 10, 40) == 34  # 2e10 / 5.76e8
+    assert cluster.driver_restarts((50_000, 384), 50, 10, 40) == 10  # 9.6e8 per restart: the minimum
+    assert cluster.driver_restarts((20_000, 384), 30, 10, 40) == 21  # 5e9 / 2.3e8
     assert cluster.driver_restarts((50, 4), 3, 10, 0) == 10  # final_n_init 0: the sweep's restarts
