@@ -71,12 +71,11 @@ def fit(users: DataFrame, k: int, *, algorithm: str = "kmeans", seed: int = 42, 
     `final_n_init` > driver_n_init: more restarts where they are cheap (`driver_restarts`).
     `users` should be cached: it is scanned once per restart.
     """
-    if algorithm == "kmeans" and (local is not None or driver_fit_max_users > 0):
-        if local is None and (n_rows if n_rows is not None else users.count()) <= driver_fit_max_users:
-            local = collect_features(users)
-        if local is not None:
-            restarts = driver_restarts(local.shape, k, driver_n_init, final_n_init)
-            return driver_fit(users.sparkSession, local, k, seed=seed, distance=distance, n_init=restarts)
+    if local is None:
+        local = driver_rows(users, algorithm, driver_fit_max_users, n_rows)
+    if local is not None:
+        restarts = driver_restarts(local.shape, k, driver_n_init, final_n_init)
+        return driver_fit(users.sparkSession, local, k, seed=seed, distance=distance, n_init=restarts)
     best = None
     for i in range(n_init):
         model = _fit_one(make_estimator(algorithm, k, seed + i, max_iter, distance, init_steps=init_steps), users)
@@ -103,6 +102,16 @@ def training_cost(model) -> float:
     """The fit's within-cluster cost: MLlib's training summary, or the driver fit's."""
     cost = getattr(model, "seglake_cost", None)
     return float(cost) if cost is not None else float(model.summary.trainingCost)
+
+
+def driver_rows(users: DataFrame, algorithm: str, driver_fit_max_users: int,
+                n_rows: int | None = None) -> np.ndarray | None:
+    """The rows' vectors collected for a driver fit (KMeans, at most `driver_fit_max_users`
+    rows: `n_rows`, counted when not given), else None (MLlib fits them)."""
+    if algorithm != "kmeans" or driver_fit_max_users <= 0:
+        return None
+    n = n_rows if n_rows is not None else users.count()
+    return collect_features(users) if 0 < n <= driver_fit_max_users else None
 
 
 def collect_features(users: DataFrame, features_col: str = "features") -> np.ndarray:
@@ -204,7 +213,7 @@ def sweep_k(users: DataFrame, k_min: int, k_max: int, *, n_users: int, sample_si
     sample = stratified_sample(users, n_users, sample_size, seed).select("user_id", "features").cache()
     n_sample = sample.count()
     # A sample small enough for the driver is collected once, for every k's fit.
-    local = collect_features(sample) if algorithm == "kmeans" and n_sample <= driver_fit_max_users else None
+    local = driver_rows(sample, algorithm, driver_fit_max_users, n_sample)
     scores, models = [], {}
     for k in range(k_min, min(k_max, n_sample - 1) + 1):
         model = fit(sample, k, algorithm=algorithm, seed=seed, max_iter=max_iter, distance=distance, n_init=n_init,
@@ -233,8 +242,7 @@ def stability(sample: DataFrame, k: int, seeds: list[int], *, algorithm: str = "
     """Mean pairwise adjusted Rand index between fits with different seeds on `sample`
     (each fit as the job does it, n_init restarts included). 1 = the same segments."""
     pred = sample.select("features")
-    n = sample.count() if algorithm == "kmeans" and driver_fit_max_users else 0
-    local = collect_features(sample) if algorithm == "kmeans" and n <= driver_fit_max_users and n else None
+    local = driver_rows(sample, algorithm, driver_fit_max_users)
     cols = []
     for i, seed in enumerate(seeds):
         model = fit(sample, k, algorithm=algorithm, seed=seed, max_iter=max_iter, distance=distance, n_init=n_init,

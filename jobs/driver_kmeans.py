@@ -2,9 +2,9 @@
 Lloyd iterations with `n_init` restarts, the algorithm scikit-learn's KMeans runs.
 
 Why: MLlib's k-means|| seeding with a few restarts stops in poorer optima than k-means++
-with 10 restarts when the sample is small (measured in bench/optimizer_parity.py: +1% to +3%
-cost, which costs NMI/ARI on real data), while at these sizes 10 restarts on one machine take
-seconds. The fitted centres become an ordinary MLlib KMeansModel (jobs/cluster.py), so saving,
+with 10 restarts when the sample is small (bench/results/optimizer_parity.md: up to +6.7% cost
+over scikit-learn's, +2.4% on the sample's user vectors; on real data the issue measured such
+gaps as NMI/ARI lost), while at these sizes restarts on one machine take seconds. The fitted centres become an ordinary MLlib KMeansModel (jobs/cluster.py), so saving,
 loading, assigning and the assign job are unchanged.
 
 Cosine: spherical k-means (unit rows, centres the normalised means, cost sum(1 - cos)), as
