@@ -16,6 +16,7 @@ from pyspark.sql import functions as F
 from jobs import driver_kmeans, metrics
 
 log = logging.getLogger(__name__)
+OTHER = "*"  # the group of users whose main language has no group of its own (or who have none)
 
 
 def make_estimator(algorithm: str, k: int, seed: int = 42, max_iter: int = 40, distance: str = "euclidean",
@@ -129,21 +130,61 @@ def driver_fit(spark, x: np.ndarray, k: int, *, seed: int = 42, distance: str = 
     distinct points than k) are dropped, as MLlib returns fewer centres then."""
     centers, cost = driver_kmeans.fit(x, k, n_init=n_init, seed=seed, cosine=distance == "cosine")
     _, first = np.unique(centers, axis=0, return_index=True)
-    centers = centers[np.sort(first)]
+    return kmeans_model(spark, centers[np.sort(first)], cost, distance, f"KMeans_driver_{seed}")
+
+
+def kmeans_model(spark, centers: np.ndarray, cost: float, distance: str = "euclidean", uid: str = "KMeans_seglake"):
+    """An MLlib KMeansModel (features -> segment_id) with these centres, built in the JVM: it
+    saves, loads and predicts like a fitted one; `seglake_cost` is its training cost."""
     jvm = spark.sparkContext._jvm
     vectors = jvm.org.apache.spark.mllib.linalg.Vectors
     arr = spark.sparkContext._gateway.new_array(jvm.org.apache.spark.mllib.linalg.Vector, len(centers))
     for i, c in enumerate(centers):
         arr[i] = vectors.fromJson(json.dumps({"type": 1, "values": [float(v) for v in c]}))
     old = jvm.org.apache.spark.mllib.clustering.KMeansModel(arr, distance, float(cost), 0)
-    java_model = jvm.org.apache.spark.ml.clustering.KMeansModel(f"KMeans_driver_{seed}", old)
+    java_model = jvm.org.apache.spark.ml.clustering.KMeansModel(uid, old)
     model = KMeansModel(java_model)
     model._resetUid(java_model.uid())
     model.setFeaturesCol("features").setPredictionCol("segment_id")
     java_model.set(java_model.distanceMeasure(), distance).set(java_model.k(), len(centers))
     model._transfer_params_from_java()
-    model.seglake_cost = cost
+    model.seglake_cost = float(cost)
     return model
+
+
+def concat_models(spark, models: dict[str, object], distance: str = "euclidean") -> tuple[object, dict[str, list[int]]]:
+    """One KMeansModel holding every group's centres, in the order of `models` ({group: model}),
+    and {group: its segment ids}: what `assign` needs to keep each user within their group."""
+    centers, groups = [], {}
+    for name, model in models.items():
+        own = np.vstack(model.clusterCenters())
+        groups[name] = list(range(sum(len(c) for c in centers), sum(len(c) for c in centers) + len(own)))
+        centers.append(own)
+    cost = sum(training_cost(m) for m in models.values())
+    return kmeans_model(spark, np.vstack(centers), cost, distance, "KMeans_by_language"), groups
+
+
+def language_group(languages: list[str]) -> "F.Column":
+    """Each user's group: their main language when it is one of `languages`, else OTHER."""
+    return F.when(F.col("lang").isin(list(languages)), F.col("lang")).otherwise(F.lit(OTHER))
+
+
+def split_k(k: int, sizes: dict[str, int]) -> dict[str, int]:
+    """A total of k segments (k >= number of groups) shared among groups in proportion to
+    their users (largest remainder), each group at least 1 and at most its users."""
+    total = sum(sizes.values())
+    quota = {g: k * n / total for g, n in sizes.items()}
+    out = {g: max(1, min(sizes[g], int(q))) for g, q in quota.items()}
+    while sum(out.values()) > k:  # (the minimum of 1 overshot): from the groups most above quota
+        g = max((g for g in out if out[g] > 1), key=lambda g: out[g] - quota[g])
+        out[g] -= 1
+    while sum(out.values()) < k:
+        room = [g for g in out if out[g] < sizes[g]]
+        if not room:
+            break
+        g = max(room, key=lambda g: quota[g] - out[g])
+        out[g] += 1
+    return out
 
 
 def fit_on_sample(users: DataFrame, k: int, *, n_users: int, sample_size: int | None, seed: int = 42,
@@ -292,7 +333,8 @@ def _nearest_two(x: np.ndarray, centers: np.ndarray, scores: np.ndarray, own: np
     return first, d1, second, d2
 
 
-def assign(users: DataFrame, model, distance: str = "euclidean", allowed: list[int] | None = None) -> DataFrame:
+def assign(users: DataFrame, model, distance: str = "euclidean", allowed: list[int] | None = None,
+           groups: dict[str, list[int]] | None = None) -> DataFrame:
     """Add `segment_id` (the nearest centroid; a bisecting model's own tree path), `distance`
     to that segment's centroid (euclidean, or cosine distance 1 - cos), and the runner-up:
     `second_segment_id`, `second_distance` and `margin` = second_distance - distance (small =
@@ -301,6 +343,11 @@ def assign(users: DataFrame, model, distance: str = "euclidean", allowed: list[i
     With `allowed` (segment ids), users go to the nearest allowed centroid instead: the
     segments left out were too small to publish (privacy.min_segment_size) and are merged
     into their neighbours.
+
+    With `groups` ({main language: its segment ids}, from a per-language fit), a user only
+    goes to a segment of their own main language; users of any other language (or none) to
+    the segments of group OTHER when there is one, else to any segment. When a user's group has
+    no allowed segment left, any allowed segment will do.
 
     One Arrow UDF per batch of users (vectors sent as float32: half the bytes of doubles, 7
     significant digits): a float32 GEMM against all centroids ranks them, the best two are
@@ -316,12 +363,18 @@ def assign(users: DataFrame, model, distance: str = "euclidean", allowed: list[i
     blocked = np.zeros(k, dtype=bool) if allowed is None else ~np.isin(np.arange(k), list(allowed))
     c32t = np.ascontiguousarray(centers.T.astype(np.float32))
     c_sq = (centers * centers).sum(1).astype(np.float32)
+    group_of = np.full(k, -1)
+    names = sorted(groups or {})
+    for gi, name in enumerate(names):
+        group_of[list(groups[name])] = gi
+    rest = names.index(OTHER) if OTHER in names else -1
+    index = {name: gi for gi, name in enumerate(names) if name != OTHER}
     # A bisecting model assigns by walking its tree, which need not end at the nearest leaf:
     # its own prediction is kept unless segments are merged (then the nearest allowed wins).
     tree = isinstance(model, BisectingKMeansModel) and allowed is None
 
     @F.arrow_udf("segment_id int, distance double, second_segment_id int, second_distance double")
-    def _assign(vecs: pa.Array, seg: pa.Array) -> pa.Array:
+    def _assign(vecs: pa.Array, seg: pa.Array, lang: pa.Array) -> pa.Array:
         n = len(vecs)
         if vecs.null_count:
             raise ValueError("user vectors must not be null")
@@ -336,7 +389,13 @@ def assign(users: DataFrame, model, distance: str = "euclidean", allowed: list[i
         else:  # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2; ||x||^2 is the same for every c
             scores *= -2.0
             scores += c_sq[None, :]
-        scores[:, blocked] = np.inf
+        mask = np.broadcast_to(blocked, scores.shape)
+        if groups:
+            row = np.array([index.get(v, rest) for v in lang.to_pylist()])
+            own_group = (group_of[None, :] == row[:, None]) | (row[:, None] < 0)
+            mask = mask | ~own_group
+            mask = np.where(mask.all(1, keepdims=True), blocked[None, :], mask)
+        scores[mask] = np.inf
         own = seg.to_numpy(zero_copy_only=False) if tree else None
         first, d1, second, d2 = _nearest_two(xd, centers, scores, own, cosine)
         return pa.StructArray.from_arrays(
@@ -345,7 +404,8 @@ def assign(users: DataFrame, model, distance: str = "euclidean", allowed: list[i
 
     base = model.transform(users) if tree else users.withColumn("segment_id", F.lit(-1))
     vec = vector_to_array("features", "float32")
-    return (base.withColumn("_a", _assign(vec, F.col("segment_id")))
+    lang = F.col("lang") if groups else F.lit(None).cast("string")
+    return (base.withColumn("_a", _assign(vec, F.col("segment_id"), lang))
             .withColumn("segment_id", F.col("_a.segment_id")).withColumn("distance", F.col("_a.distance"))
             .withColumn("second_segment_id", F.when(F.col("_a.second_segment_id") >= 0, F.col("_a.second_segment_id")))
             .withColumn("second_distance", F.col("_a.second_distance"))

@@ -623,6 +623,17 @@ def _k_selection(run: dict, rows: list[dict]) -> str:
     if not rows:
         return ('<section id="k-selection"><h2>Choice of k</h2><p class="muted">k was given '
                 f'(k = {_int(run.get("k"))}); no other k was tried.</p></section>')
+    langs = list(dict.fromkeys(r.get("lang") for r in rows))
+    if langs == [None]:
+        return f'<section id="k-selection"><h2>Choice of k</h2>{_k_sweep(run, rows)}</section>'
+    # cluster.per_language: one sweep per main language (OTHER "*": every other user)
+    parts = [f'<h3>Main language {_esc("other" if lang == "*" else lang)}</h3>'
+             + _k_sweep(run, [r for r in rows if r.get("lang") == lang]) for lang in langs]
+    return ('<section id="k-selection"><h2>Choice of k</h2><p class="muted">Segments are found within each '
+            f'main language, each with its own k.</p>{"".join(parts)}</section>')
+
+
+def _k_sweep(run: dict, rows: list[dict]) -> str:
     chosen = [r for r in rows if r.get("chosen") is True]
     chosen_k = chosen[0].get("k") if chosen else run.get("k")
     plot = _img(_plot_k_selection(rows, chosen_k), "Clustering quality metrics against k, chosen k marked")
@@ -643,8 +654,7 @@ def _k_selection(run: dict, rows: list[dict]) -> str:
              '<th class="n">Calinski\u2013Harabasz</th><th class="n">WSSSE</th><th class="n">min share</th>'
              '<th class="n">max share</th><th class="n">size entropy</th><th class="n">sample</th></tr></thead>'
              f'<tbody>{"".join(trs)}</tbody></table>')
-    return (f'<section id="k-selection"><h2>Choice of k</h2><div class="panel">{plot}</div>'
-            f'<div class="panel">{table}</div></section>')
+    return f'<div class="panel">{plot}</div><div class="panel">{table}</div>'
 
 
 def _overview(segs: list[dict], colors: dict, names: dict, projection: list[dict], order: list) -> str:

@@ -34,9 +34,14 @@ def render(res: Any) -> str:
                     if c.get("texts_embedding_cache_hits") else ""))
     if res.k_selection:
         lines.append("k selection on a sample (best silhouette, then the smallest k within tolerance):")
+        prev_lang = None
         lines.append(f"    {'k':>3} {'silhouette':>10} {'Davies-B.':>9} {'Calinski-H.':>11} {'min share':>9}")
         for s in res.k_selection:
             mark = "  <- chosen" if s.get("chosen") else ""
+            lang = s.get("lang")
+            if lang is not None and lang != prev_lang:
+                lines.append(f"  main language {'other' if lang == '*' else lang}:")
+            prev_lang = lang
             lines.append(f"    {s['k']:>3} {s['silhouette']:>10.4f} {s['davies_bouldin']:>9.3f} "
                          f"{s['calinski_harabasz']:>11.1f} {s['min_share']:>9.1%}{mark}")
     q = res.quality

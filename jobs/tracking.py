@@ -116,7 +116,8 @@ def segment_metrics(result: Any) -> list[tuple[str, float, int]]:
     add("stage_seconds.total", sum(result.stage_seconds.values()))
     for row in result.k_selection:
         for key in ("silhouette", "cost", "davies_bouldin", "calinski_harabasz", "min_share", "size_entropy"):
-            add(f"k_selection.{key}", row.get(key), int(row["k"]))
+            group = f".{row['lang']}" if row.get("lang") else ""  # cluster.per_language: a curve per language
+            add(f"k_selection{group}.{key}", row.get(key), int(row["k"]))
     for seg in result.segments:
         add("segment_share", seg.get("share"), int(seg["segment_id"]))
     return out

@@ -157,3 +157,38 @@ def test_driver_restarts_grow_only_while_cheap():
     assert cluster.driver_restarts((50_000, 384), 50, 10, 40) == 10  # 9.6e8 per restart: the minimum
     assert cluster.driver_restarts((20_000, 384), 30, 10, 40) == 21  # 5e9 / 2.3e8
     assert cluster.driver_restarts((50, 4), 3, 10, 0) == 10  # final_n_init 0: the sweep's restarts
+
+
+def test_split_k_shares_k_by_group_size():
+    assert cluster.split_k(10, {"en": 500, "zh": 160}) == {"en": 8, "zh": 2}
+    assert cluster.split_k(6, {"en": 100, "zh": 100, "*": 100}) == {"en": 2, "zh": 2, "*": 2}
+    split = cluster.split_k(5, {"en": 1000, "zh": 3, "*": 1})  # every group gets a segment, none more than its users
+    assert split["zh"] >= 1 and split["*"] == 1 and sum(split.values()) == 5
+
+
+def test_per_language_model_keeps_users_within_their_language(spark, blobs):
+    from pyspark.sql import functions as F
+
+    en, zh = blobs.where(F.col("lang") == "en"), blobs.where(F.col("lang") == "zh")
+    models = {"en": cluster.fit(en, 3, driver_fit_max_users=1000), "zh": cluster.fit(zh, 2, driver_fit_max_users=1000)}
+    model, groups = cluster.concat_models(spark, models, "euclidean")
+    assert groups == {"en": [0, 1, 2], "zh": [3, 4]} and len(model.clusterCenters()) == 5
+    assert cluster.training_cost(model) == pytest.approx(sum(cluster.training_cost(m) for m in models.values()))
+    # Users placed right on an English centre: a Chinese one still goes to a Chinese segment,
+    # one of another language (no group of its own, no "*" group) to the nearest of any.
+    centre = model.clusterCenters()[0]
+    probe = spark.createDataFrame([(f"p-{lang}", Vectors.dense(centre), lang) for lang in ("en", "zh", "fr")],
+                                  ["user_id", "features", "lang"])
+    got = {r.user_id: r.segment_id for r in cluster.assign(probe, model, groups=groups).collect()}
+    assert got["p-en"] == 0 and got["p-zh"] in (3, 4) and got["p-fr"] == 0
+    rows = cluster.assign(blobs, model, groups=groups).collect()
+    assert all((r.segment_id in groups[r.lang]) and (r.second_segment_id is None or r.second_segment_id
+               in groups[r.lang]) for r in rows)
+    assert _groups_match([r for r in rows if r.lang == "en"])
+    # With the "*" group every other language goes there; with the Chinese segments merged
+    # away (privacy), Chinese users take the nearest allowed segment of any language.
+    other = {"en": [0, 1], "zh": [3, 4], "*": [2]}
+    got = {r.user_id: r.segment_id for r in cluster.assign(probe, model, groups=other).collect()}
+    assert got["p-fr"] == 2 and got["p-en"] == 0
+    got = {r.user_id: r.segment_id for r in cluster.assign(probe, model, allowed=[0, 1, 2], groups=groups).collect()}
+    assert got["p-zh"] == 0
