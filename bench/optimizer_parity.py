@@ -35,14 +35,15 @@ KS = (6, 10)
 
 def job_vectors(spark, lake: str) -> np.ndarray:
     """The user vectors of the newest succeeded run in `lake`, as the job clusters them."""
-    from jobs import cluster
+    from jobs import cluster, lexical
     from jobs.tables import Lake, latest_succeeded_run
     from jobs.user_vectors import features
 
     lk = Lake(spark, lake, "native")
     run_id = latest_succeeded_run(lake)
     params = json.loads(lk.read("runs").where(f"run_id = '{run_id}'").first()["feature_params"])
-    return cluster.collect_features(features(lk.read("user_vectors"), params))
+    lexicon = lexical.load(lk, run_id) if params.get("lexical_weight") else None
+    return cluster.collect_features(features(lk.read("user_vectors"), params, lexicon))
 
 
 def clothing_vectors(wheel: str) -> np.ndarray:

@@ -27,7 +27,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import cluster, config, drift, ingest, summary
+from jobs import cluster, config, drift, ingest, lexical, summary
 from jobs.config import AssignConf, EmbedConf
 from jobs.delta_io import user_segments_properties
 from jobs.embed import embed_model_id
@@ -60,6 +60,20 @@ class ModelRun:
 
         cls = BisectingKMeansModel if self.algorithm == "bisecting" else KMeansModel
         return cls.load(self.model_path)
+
+    @property
+    def lexical(self) -> bool:
+        return float(self.params.get("lexical_weight") or 0.0) > 0
+
+    def lexicon(self, lake: Lake) -> lexical.Lexicon | None:
+        """The run's lexical channel (vocabulary, IDF, SVD) from lexical_terms; None when off."""
+        if not self.lexical:
+            return None
+        try:
+            return lexical.load(lake, self.run_id)
+        except LookupError as exc:
+            raise ingest.InputError(f"model run {self.run_id} uses the lexical channel but {exc}; "
+                                    "rerun seglake-segment") from exc
 
 
 @dataclass
@@ -178,7 +192,7 @@ def state_stage(ctx: RunContext, texts: DataFrame | None, events: DataFrame | No
             state = State(None, changed=False)
         else:
             batch = user_state(texts, events, pooling=params["pooling"], half_life_days=params["half_life_days"],
-                               model_id=mid, updated_by=ctx.run_id)
+                               model_id=mid, updated_by=ctx.run_id, lexical=model_run.lexical)
             touched = stored.join(batch.select("user_id"), "user_id", "left_semi")
             state = State(ctx.keep(combine_state(touched, batch, pooling=params["pooling"],
                                                  half_life_days=params["half_life_days"], model_id=mid,
@@ -204,8 +218,10 @@ def assign_stage(ctx: RunContext, res: AssignResult, state: State, texts: DataFr
                  model_run: ModelRun) -> Placed:
     params = model_run.params
     with ctx.stage("assign"):
-        assigned = ctx.keep(cluster.assign(features(state.rows, params), model_run.load(), model_run.distance,
-                                           allowed=params.get("allowed_segments")))
+        users = features(state.rows, params, model_run.lexicon(ctx.lake))
+        assigned = ctx.keep(cluster.assign(users, model_run.load(), model_run.distance,
+                                           allowed=params.get("allowed_segments"),
+                                           groups=params.get("segment_groups")))
         model_segments = ctx.lake.read("user_segments").where(F.col("run_id") == model_run.run_id)
         old = ctx.keep(model_segments.join(state.rows.select("user_id"), "user_id", "left_semi").select(
             "user_id", "segment_id", F.col("matched_terms").alias("_old_terms"), "assigned_by"))
@@ -249,10 +265,12 @@ def commit_stage(ctx: RunContext, res: AssignResult, state: State, placed: Place
 def user_segment_rows(ctx: RunContext, assigned: DataFrame, old: DataFrame, texts: DataFrame | None,
                       model_run_id: str) -> DataFrame:
     """user_segments rows of the assigned users. matched_terms: the new texts' terms among the
-    segment's top terms, plus the earlier matches when the segment did not change."""
-    top = (ctx.lake.read("segments").where(F.col("run_id") == model_run_id)
-           .select("segment_id", F.explode("top_terms").alias("term")))
+    segment's top terms and lexical terms, plus the earlier matches when the segment did not change."""
     no_terms = F.array().cast("array<string>")
+    segs = ctx.lake.read("segments").where(F.col("run_id") == model_run_id)
+    listed = (F.array_union("top_terms", F.coalesce("lexical_terms", no_terms)) if "lexical_terms" in segs.columns
+              else F.col("top_terms"))  # (a model run written before the lexical channel)
+    top = segs.select("segment_id", F.explode(listed).alias("term"))
     new_terms = no_terms
     out = assigned.join(old.select("user_id", F.col("segment_id").alias("_old_seg"), "_old_terms"), "user_id", "left")
     if texts is not None:

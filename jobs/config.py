@@ -234,6 +234,31 @@ class UserVectorsConf(Section):
 
 
 @dataclass(frozen=True)
+class LexicalConf(Section):
+    """The lexical channel (jobs/lexical.py): TF-IDF of users' words, truncated SVD."""
+
+    KEY = "lexical"
+    weight: float = 0.25  # share of squared distance (0: off, vectors exactly as without the channel; 1: lexical only)
+    dim: int = 64  # SVD dimensions
+    min_df: int = 2  # a term is in at least this many sampled users...
+    max_df: float = 0.5  # ...and at most this share of them
+    max_terms: int = 20000  # the most frequent terms left are the vocabulary
+    sample_size: int = 200000  # users whose term counts fit the vocabulary and IDF
+    svd_sample_size: int = 20000  # users (from that sample) whose rows fit the SVD on the driver
+
+    def check(self) -> None:
+        w = self.weight
+        _check(_number(w) and 0 <= w <= 1, self._key("weight"), f"must be in [0, 1], got {w!r}")
+        self._int("dim", 1, 1024)
+        self._int("min_df", 1)
+        m = self.max_df
+        _check(_number(m) and 0 < m <= 1, self._key("max_df"), f"must be in (0, 1], got {m!r}")
+        self._int("max_terms", 1)
+        self._int("sample_size", 1)
+        self._int("svd_sample_size", 1)
+
+
+@dataclass(frozen=True)
 class ClusterConf(Section):
     KEY = "cluster"
     algorithm: str = "kmeans"
@@ -256,10 +281,16 @@ class ClusterConf(Section):
     driver_fit_max_users: int = 50000
     driver_n_init: int = 10  # restarts of each driver fit of the k sweep and the stability check
     final_n_init: int = 40  # restarts of the final driver fit, while small (jobs.cluster.driver_restarts)
+    # Segments within each main language (its own k sweep, or its share of an explicit k), for
+    # the languages user_vectors centres; auto = when there are two or more. KMeans only.
+    per_language: str = "auto"
 
     def check(self) -> None:
         self._choice("algorithm", ("kmeans", "bisecting"))
         self._choice("distance", ("euclidean", "cosine"))
+        self._choice("per_language", ("auto", "on", "off"))
+        _check(not (self.per_language == "on" and self.algorithm != "kmeans"), "cluster.per_language",
+               "on needs cluster.algorithm kmeans (a bisecting tree cannot be split by language)")
         if self.k != "auto":
             self._int("k", 2)
         self._int("k_min", 2)
@@ -434,7 +465,7 @@ class DriftConf(Section):
 
 
 SECTIONS: tuple[type[Section], ...] = (
-    SparkConf, InputConf, IngestConf, CleanConf, EmbedConf, UserVectorsConf, ClusterConf, PrivacyConf,
+    SparkConf, InputConf, IngestConf, CleanConf, EmbedConf, UserVectorsConf, LexicalConf, ClusterConf, PrivacyConf,
     ProfileConf, RecommendConf, OutputConf, AssignConf, TrackingConf, DriftConf)
 DEFAULTS: dict[str, Any] = {**{cls.KEY: asdict(cls()) for cls in SECTIONS}, "run_id": None}
 # Keys whose mapping takes any keys (Spark settings, reader options).
@@ -489,6 +520,11 @@ def validate(conf: dict, job: str = "segment") -> None:
         _check(bool(conf["input"]["texts"]["path"]), "input.texts.path", "is required (--texts PATH)")
     for cls in SECTIONS:
         cls.of(conf).check()
+    _check(not (conf["cluster"]["per_language"] == "on" and conf["user_vectors"]["language_centring"] == "off"),
+           "cluster.per_language", "on needs user_vectors.language_centring auto or on (its languages are the groups)")
+    w_lex, w_b = conf["lexical"]["weight"], conf["user_vectors"]["behaviour_weight"]
+    _check(w_lex + w_b <= 1, "lexical.weight",
+           f"plus user_vectors.behaviour_weight must be <= 1 (the BERT text share is what is left); got {w_lex} + {w_b}")
     rid = conf["run_id"]
     if rid is not None:
         _check(isinstance(rid, str) and re.fullmatch(RUN_ID_PATTERN, rid) is not None,

@@ -4,7 +4,7 @@ Reads the Delta tables through the registry's Arrow reader (jobs/tables.py: the 
 through deltalake, no Spark needed) and prints, for one
 user of a succeeded run: the segment and its name, the distance to its centroid, the
 runner-up segment and the margin between them, the user's own words that match the
-segment's distinctive terms, and what the segment recommends (the user's own list from
+segment's distinctive terms (and the words its lexical centre points at), and what the segment recommends (the user's own list from
 user_recommendations when the run wrote it, else the segment's list).
 
     seglake-explain --output lakehouse --user u0000042 [--run-id demo]
@@ -32,8 +32,10 @@ def explain(output: str, user_id: str, run_id: str | None = None) -> dict:
     if row.num_rows == 0:
         raise LookupError(f"user {user_id!r} is not in run {run_id} (quarantined rows are in {output}/quarantine)")
     u = row.to_pylist()[0]
-    segs = {s["segment_id"]: s for s in lake.arrow("segments", run_id,
-                                                   ["segment_id", "name", "size", "top_terms"]).to_pylist()}
+    table = lake.arrow("segments", run_id)  # (lexical_terms: absent in runs before the lexical channel)
+    segs = {s["segment_id"]: s for s in table.select([c for c in ("segment_id", "name", "size", "top_terms",
+                                                                  "lexical_terms") if c in table.column_names])
+            .to_pylist()}
     own, second = segs[u["segment_id"]], segs.get(u["second_segment_id"])
     return {
         "run_id": run_id, "user_id": user_id,
@@ -42,6 +44,7 @@ def explain(output: str, user_id: str, run_id: str | None = None) -> dict:
         "second_segment_id": u["second_segment_id"], "second_segment_name": second["name"] if second else None,
         "second_distance": u["second_distance"], "margin": u["margin"],
         "matched_terms": u["matched_terms"] or [], "segment_terms": own["top_terms"] or [],
+        "segment_lexical_terms": own.get("lexical_terms") or [],
         "n_texts": u["n_texts"], "n_events": u["n_events"],
         **_recommended(output, run_id, user_id, u["segment_id"]),
     }
@@ -73,6 +76,8 @@ def render(e: dict) -> str:
     words = ", ".join(e["matched_terms"]) or "none (placed by behaviour and overall wording)"
     lines.append(f"  matching segment terms: {words}")
     lines.append(f"  segment terms: {', '.join(e['segment_terms'][:10])}")
+    if e.get("segment_lexical_terms"):
+        lines.append(f"  words the clustering weighed (lexical channel): {', '.join(e['segment_lexical_terms'][:10])}")
     if e.get("recommended"):
         whose = "for this user" if e["recommended_from"] == "user_recommendations" else "the segment's list"
         lines.append(f"  recommended ({whose}): {', '.join(e['recommended'])}")

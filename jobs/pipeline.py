@@ -97,12 +97,12 @@ def stage(name: str, timings: dict[str, float], rate: bool = True) -> Iterator[d
     (unless `rate` is false), so a person following the log sees how much went through and how fast."""
     log.info("stage %s: start", name)
     t0 = time.perf_counter()
-    facts: dict[str, int] = {}
+    facts: dict[str, int | str] = {}  # counts ("12,345 users") or notes ("segments by language en 6, zh 6")
     yield facts
     seconds = time.perf_counter() - t0
     timings[name] = round(seconds, 3)
-    detail = "".join(f", {n:,} {what}" for what, n in facts.items())
-    if facts and rate:
+    detail = "".join(f", {n:,} {what}" if isinstance(n, int) else f", {what} {n}" for what, n in facts.items())
+    if facts and rate and isinstance(next(iter(facts.values())), int):
         what, n = next(iter(facts.items()))
         detail += f" ({n / max(seconds, 1e-9):,.1f} {what}/s)"
     log.info("stage %s: done in %.1f s%s", name, seconds, detail)

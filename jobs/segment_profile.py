@@ -11,6 +11,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
+from jobs import lexical
 from udfs.terms import terms_udf
 
 
@@ -147,13 +148,27 @@ def profile_segments(user_segments: DataFrame, texts: DataFrame, terms: DataFram
 
 def explain_users(user_segments: DataFrame, terms: DataFrame, segments: DataFrame) -> DataFrame:
     """user_segments + `matched_terms`: the user's own terms that are among their segment's
-    top terms (why this user is here, in words); empty when none match."""
-    seg_terms = segments.select("segment_id", F.explode("top_terms").alias("term"))
+    top terms or lexical terms (why this user is here, in words); empty when none match."""
+    listed = F.array_union("top_terms", "lexical_terms") if "lexical_terms" in segments.columns else F.col("top_terms")
+    seg_terms = segments.select("segment_id", F.explode(listed).alias("term"))
     matched = (terms.join(user_segments.select("user_id", "segment_id"), "user_id")
                .join(seg_terms, ["segment_id", "term"])
                .groupBy("user_id").agg(F.array_sort(F.collect_set("term")).alias("matched_terms")))
     return (user_segments.join(matched, "user_id", "left")
             .withColumn("matched_terms", F.coalesce("matched_terms", F.array().cast("array<string>"))))
+
+
+def lexical_terms(centers: np.ndarray, lexicon, params: dict, n: int = 10) -> dict[int, list[str]]:
+    """segment id -> the vocabulary terms its centre's lexical block points at, against the
+    mean centre: the words the clustering itself weighed (jobs/lexical.top_terms). Empty
+    without the lexical channel."""
+    w = float(params.get("lexical_weight") or 0.0)
+    if lexicon is None or w <= 0:
+        return {}
+    start = int(params["text_dim"])
+    block = np.asarray(centers)[:, start:start + lexicon.dim] / np.sqrt(w)
+    mean = block.mean(axis=0)
+    return {i: lexical.top_terms(lexicon, c - mean, n) for i, c in enumerate(block)}
 
 
 def _ratio(value, base):
@@ -182,7 +197,9 @@ def name_segments(rows: list[dict]) -> dict[int, str]:
         cats, lifts = r.get("top_categories") or [], r.get("top_category_lifts") or []
         if cats and lifts and lifts[0] is not None and lifts[0] >= 1.2:
             parts.append(cats[0])
-        words = [t for t in (r.get("top_terms") or []) if " " not in t and t not in parts][:2]
+        # Distinctive profile words first, then the words the lexical channel weighed.
+        words = list(dict.fromkeys(t for t in [*(r.get("top_terms") or []), *(r.get("lexical_terms") or [])]
+                                   if " " not in t and t not in parts))[:2]
         if words:
             parts.append(", ".join(words))
         traits = []

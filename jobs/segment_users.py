@@ -6,7 +6,7 @@ segment_profile, recommend). The command line is jobs/cli.py; the tables are job
 
 Commit order, so that readers never see a half-written run: a `runs` row `running` first; then
 quarantine, user_segments, segments, k_selection, segment_history (each replaces this run's
-partition), user_vectors (replaced whole), the recommendations; the `runs` row `succeeded`
+partition), user_vectors (replaced whole), lexical_terms, the recommendations; the `runs` row `succeeded`
 last. Readers take only succeeded runs; a rerun of the same run id replaces its partitions.
 """
 from __future__ import annotations
@@ -19,9 +19,10 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import cluster, config, ingest, metrics, privacy, recommend, segment_profile, summary, tracking
+from jobs import cluster, config, ingest, lexical, metrics, privacy, recommend, segment_profile, summary, tracking
 from jobs.delta_io import user_segments_properties
-from jobs.config import ClusterConf, EmbedConf, PrivacyConf, ProfileConf, RecommendConf, UserVectorsConf
+from jobs.config import (ClusterConf, EmbedConf, LexicalConf, PrivacyConf, ProfileConf, RecommendConf,
+                         UserVectorsConf)
 from jobs.drift import drift_reference
 from jobs.embed import embed_model_id
 from jobs.history import history_rows
@@ -34,7 +35,8 @@ from udfs.embedding import resolve_model_path
 
 log = logging.getLogger("seglake")
 K_COLUMNS = tuple(f.name for f in K_SELECTION_ROW)
-OPTIONAL_TABLES = ("segment_recommendations", "user_recommendations")  # written when there are events
+# Written when there are events (the recommendations), or with the lexical channel on.
+OPTIONAL_TABLES = ("segment_recommendations", "user_recommendations", "lexical_terms")
 PROJECTION_POINTS = 2000
 
 
@@ -87,9 +89,10 @@ def segment(ctx: RunContext) -> RunResult:
         ec = EmbedConf.of(conf)
         embedded = embed_stage(ctx, ingested.texts, ec, cache=ec.cache, measure=True)
         ctx.crash_point("after_embed")  # (tests: the cache holds this run's vectors now)
-        users = user_vectors_stage(ctx, embedded, ingested.events, UserVectorsConf.of(conf), ClusterConf.of(conf))
+        users = user_vectors_stage(ctx, embedded, ingested.events, UserVectorsConf.of(conf), LexicalConf.of(conf),
+                                   ClusterConf.of(conf))
         clusters = cluster_stage(ctx, users, ClusterConf.of(conf), PrivacyConf.of(conf))
-        profiles = profile_stage(ctx, embedded, ingested.events, clusters, ProfileConf.of(conf),
+        profiles = profile_stage(ctx, embedded, ingested.events, users, clusters, ProfileConf.of(conf),
                                  PrivacyConf.of(conf))
         recs = recommend_stage(ctx, ingested.events, clusters, profiles, users.watermarks["events_watermark"],
                                RecommendConf.of(conf))
@@ -122,25 +125,36 @@ def require_texts(ctx: RunContext) -> None:
 @dataclass(frozen=True)
 class Users:
     """The user_vectors stage: features per user, the state rows behind them (the
-    user_vectors table), what the assign job needs to rebuild the features, the watermarks."""
+    user_vectors table), what the assign job needs to rebuild the features (the fusion params
+    and the lexicon), the watermarks."""
 
     users: DataFrame
     state: DataFrame
     feature_params: dict
     watermarks: dict
+    lexicon: lexical.Lexicon | None = None
 
 
 def user_vectors_stage(ctx: RunContext, embedded: Embedded, events: DataFrame | None, uc: UserVectorsConf,
-                       cc: ClusterConf) -> Users:
+                       lc: LexicalConf, cc: ClusterConf) -> Users:
     with ctx.stage("user_vectors") as facts:
         # The state is persisted first: the user_vectors table and the features are derived
         # from the very same rows, so the assign job reproduces every user's segment exactly.
         state = ctx.keep(user_state(embedded.texts, events, pooling=uc.pooling, half_life_days=uc.half_life_days,
-                                    model_id=embed_model_id(EmbedConf.of(ctx.conf)), updated_by=ctx.run_id))
+                                    model_id=embed_model_id(EmbedConf.of(ctx.conf)), updated_by=ctx.run_id,
+                                    lexical=lc.weight > 0))
+        lexicon = None
+        if lc.weight > 0:
+            lexicon = lexical.fit(state, dim=lc.dim, min_df=lc.min_df, max_df=lc.max_df, max_terms=lc.max_terms,
+                                  sample_size=lc.sample_size, svd_sample_size=lc.svd_sample_size,
+                                  seed=ClusterConf.of(ctx.conf).seed)
+            if lexicon is None:
+                log.warning("lexical channel off for this run: no user has a word in their texts")
         users, feature_params, _ = build_user_vectors(
             embedded.texts, events, pooling=uc.pooling, half_life_days=uc.half_life_days,
             behaviour_weight=uc.behaviour_weight, n_categories=uc.top_categories, text_dim=embedded.dim, state=state,
-            language_centring=uc.language_centring, language_min_users=uc.language_min_users)
+            language_centring=uc.language_centring, language_min_users=uc.language_min_users, lexicon=lexicon,
+            lexical_weight=lc.weight)
         users = ctx.keep(users)
         wm = state.agg(F.max("last_text_ts").alias("t"), F.max("last_event_ts").alias("e")).first()
         row = users.agg(F.count(F.lit(1)).alias("n"),
@@ -150,8 +164,10 @@ def user_vectors_stage(ctx: RunContext, embedded: Embedded, events: DataFrame | 
         c["users"], c["users_text_only"], c["users_events_only"] = (
             int(row["n"]), int(row["text_only"] or 0), int(row["events_only"] or 0))
         facts["users"] = c["users"]
+        if lc.weight > 0:
+            facts["lexical terms"] = len(lexicon.terms) if lexicon else 0
         check_k(cc, c["users"])
-    return Users(users, state, feature_params, {"texts_watermark": wm["t"], "events_watermark": wm["e"]})
+    return Users(users, state, feature_params, {"texts_watermark": wm["t"], "events_watermark": wm["e"]}, lexicon)
 
 
 def check_k(cc: ClusterConf, n_users: int) -> None:
@@ -183,40 +199,102 @@ class Clusters:
 def cluster_stage(ctx: RunContext, u: Users, cc: ClusterConf, pc: PrivacyConf) -> Clusters:
     n_users = ctx.counts["users"]
     with ctx.stage("cluster") as facts:
-        k, k_scores, model, sample = cc.k, [], None, None
-        if k == "auto":
-            k, k_scores, model, sample = cluster.sweep_k(
-                u.users, cc.k_min, cc.k_max, n_users=n_users, sample_size=cc.sample_size,
-                tolerance=cc.k_tolerance, **cc.fit_settings)
-            ctx.keep(sample)  # (already persisted by the sweep: released with the rest)
-        if model is None:  # the sweep's model is reused when it already saw every user
-            model = cluster.fit_on_sample(u.users, k, n_users=n_users, sample_size=cc.fit_sample_size,
-                                          final_n_init=cc.final_n_init, **cc.fit_settings)
-        assigned = ctx.keep(cluster.assign(u.users, model, cc.distance))
-        # (MLlib may return fewer centroids than k when the data has fewer distinct points.)
-        assigned, privacy_note = min_segment_size(ctx, assigned, u.users, model, len(model.clusterCenters()), pc,
-                                                  cc.distance)
+        groups = language_groups(ctx, u, cc)
+        fits = {g: fit_group(ctx, u.users.where(cluster.language_group(list(groups)) == g) if g else u.users,
+                             n, ks, cc) for g, (n, ks) in groups.items()}
+        if len(fits) == 1:
+            model, segment_groups = next(iter(fits.values())).model, None
+        else:  # one model, each user kept within their group's segments (cluster.assign)
+            model, segment_groups = cluster.concat_models(ctx.spark, {g: f.model for g, f in fits.items()},
+                                                          cc.distance)
+            facts["segments by language"] = ", ".join(f"{g} {len(ids)}" for g, ids in segment_groups.items())
+        k = len(model.clusterCenters())  # (MLlib may return fewer centroids than k for few distinct points)
+        k_scores = [{**s, "lang": g} for g, f in fits.items() for s in f.k_scores]
+        assigned = ctx.keep(cluster.assign(u.users, model, cc.distance, groups=segment_groups))
+        assigned, privacy_note = min_segment_size(ctx, assigned, u.users, model, k, pc, cc.distance, segment_groups)
         quality = {"silhouette": cluster.silhouette(assigned, cc.distance), **metrics.quality(assigned),
-                   **stability(ctx, u.users, sample, k, cc)}
+                   **stability(ctx, fits, cc)}
         cost = cluster.total_cost(assigned, cc.distance)  # every user's, not the fit sample's
         model_path = f"{ctx.lake.root}/models/{ctx.run_id}"
         model.write().overwrite().save(model_path)
         lineage = cluster.bisecting_tree(ctx.spark, model_path) if cc.algorithm == "bisecting" else {}
         facts["users assigned"] = n_users
+    groups_note = {"segment_groups": segment_groups} if segment_groups else {}
     return Clusters(assigned, model, model_path, k, k_scores, quality, cost, np.vstack(model.clusterCenters()),
-                    lineage, {**privacy_note, "drift_reference": drift_reference(assigned)})
+                    lineage, {**privacy_note, **groups_note, "drift_reference": drift_reference(assigned)})
 
 
-def stability(ctx: RunContext, users: DataFrame, sample: DataFrame | None, k: int, cc: ClusterConf) -> dict:
+def language_groups(ctx: RunContext, u: Users, cc: ClusterConf) -> dict[str | None, tuple[int, int | str]]:
+    """{group: (users, k or "auto")}: {None: all users} unless cluster.per_language applies,
+    else one group per main language with its own mean (user_vectors.language_means) plus
+    cluster.OTHER for everyone else when they are at least user_vectors.language_min_users.
+    An explicit k is shared among the groups in proportion to their users (cluster.split_k).
+
+    Why per language: with a model trained mostly on one language even centred vectors
+    separate the smaller language's topics less, and one k for everyone gives it too few
+    segments; each language's own k sweep finds its own structure (on the sample: ARI among
+    Chinese users 0.53 with one sweep, see README)."""
+    n_users = ctx.counts["users"]
+    whole = {None: (n_users, cc.k)}
+    langs = sorted(u.feature_params.get("language_means") or {})
+    if (cc.per_language == "off" or cc.algorithm != "kmeans" or not langs
+            or (cc.per_language == "auto" and len(langs) < 2)):
+        return whole
+    rows = u.users.groupBy(cluster.language_group(langs).alias("g")).count().collect()
+    sizes = {r["g"]: int(r["count"]) for r in sorted(rows, key=lambda r: (-r["count"], r["g"]))}  # largest first
+    if sizes.get(cluster.OTHER, 0) < UserVectorsConf.of(ctx.conf).language_min_users:
+        sizes.pop(cluster.OTHER, None)  # too few for segments of their own: they go to the nearest of any
+    if cc.k == "auto":
+        return {g: (n, "auto" if n > cc.k_min else min(n, cc.k_min)) for g, n in sizes.items()}
+    if cc.k < len(sizes):
+        log.info("cluster.per_language: k=%d is less than the %d language groups; one fit for all users",
+                 cc.k, len(sizes))
+        return whole
+    return {g: (sizes[g], kg) for g, kg in cluster.split_k(cc.k, sizes).items()}
+
+
+@dataclass(frozen=True)
+class GroupFit:
+    """One group's fit: its k, the sweep's scores, the model, the sweep's sample, its users."""
+
+    k: int
+    k_scores: list[dict]
+    model: object
+    sample: DataFrame | None
+    users: DataFrame
+    n_users: int
+
+
+def fit_group(ctx: RunContext, users: DataFrame, n_users: int, k: int | str, cc: ClusterConf) -> GroupFit:
+    """k by the sweep's rule (k "auto") or as given, then the final fit of the group's users."""
+    k_scores, model, sample = [], None, None
+    if k == "auto":
+        k, k_scores, model, sample = cluster.sweep_k(
+            users, cc.k_min, cc.k_max, n_users=n_users, sample_size=cc.sample_size,
+            tolerance=cc.k_tolerance, **cc.fit_settings)
+        ctx.keep(sample)  # (already persisted by the sweep: released with the rest)
+    if model is None:  # the sweep's model is reused when it already saw every user
+        model = cluster.fit_on_sample(users, k, n_users=n_users, sample_size=cc.fit_sample_size,
+                                      final_n_init=cc.final_n_init, **cc.fit_settings)
+    return GroupFit(k, k_scores, model, sample, users, n_users)
+
+
+def stability(ctx: RunContext, fits: dict[str | None, GroupFit], cc: ClusterConf) -> dict:
     """cluster.stability_seeds >= 2: the mean pairwise ARI of refits with other seeds on the
-    sample, and whether it passes cluster.stability_min_ari."""
+    sample (per group, weighted by its users), and whether it passes cluster.stability_min_ari."""
     if cc.stability_seeds < 2:
         return {"stability_ari": None, "stable": None}
-    if sample is None:
-        sample = ctx.keep(cluster.stratified_sample(users, ctx.counts["users"], cc.sample_size, cc.seed))
     seeds = [cc.seed + 1000 * (i + 1) for i in range(cc.stability_seeds)]
     settings = {name: value for name, value in cc.fit_settings.items() if name != "seed"}
-    ari = cluster.stability(sample, k, seeds, **settings)
+    total, weighted = 0, 0.0
+    for f in fits.values():
+        if f.k < 2:
+            continue
+        sample = f.sample if f.sample is not None else ctx.keep(
+            cluster.stratified_sample(f.users, f.n_users, cc.sample_size, cc.seed))
+        weighted += f.n_users * cluster.stability(sample, f.k, seeds, **settings)
+        total += f.n_users
+    ari = weighted / total if total else 1.0
     if ari < cc.stability_min_ari:
         log.warning("unstable segmentation: mean pairwise ARI over %d seeds is %.3f (< %.2f); "
                     "segments depend on the seed, consider another k or more data", len(seeds), ari,
@@ -225,7 +303,7 @@ def stability(ctx: RunContext, users: DataFrame, sample: DataFrame | None, k: in
 
 
 def min_segment_size(ctx: RunContext, assigned: DataFrame, users: DataFrame, model, k: int, pc: PrivacyConf,
-                     distance: str) -> tuple[DataFrame, dict]:
+                     distance: str, groups: dict[str, list[int]] | None = None) -> tuple[DataFrame, dict]:
     """privacy.min_segment_size: segments with fewer users are merged into their nearest
     allowed neighbours (users re-assigned to the nearest centroid among the allowed ones), or
     kept with their profiles suppressed. Returns the assignment and what was done (saved in
@@ -244,7 +322,7 @@ def min_segment_size(ctx: RunContext, assigned: DataFrame, users: DataFrame, mod
     allowed = privacy.allowed_segments(sizes, k, pc.min_segment_size)
     log.info("privacy: %d segment(s) below %d users merged into their neighbours: %s", len(small),
              pc.min_segment_size, small)
-    return ctx.keep(cluster.assign(users, model, distance, allowed=allowed)), {
+    return ctx.keep(cluster.assign(users, model, distance, allowed=allowed, groups=groups)), {
         **note, "allowed_segments": allowed, "merged_segments": small}
 
 
@@ -260,21 +338,25 @@ class Profiles:
     projection: list[dict]
 
 
-def profile_stage(ctx: RunContext, embedded: Embedded, events: DataFrame | None, cl: Clusters, prc: ProfileConf,
-                  pc: PrivacyConf) -> Profiles:
+def profile_stage(ctx: RunContext, embedded: Embedded, events: DataFrame | None, u: Users, cl: Clusters,
+                  prc: ProfileConf, pc: PrivacyConf) -> Profiles:
     with ctx.stage("profile", rate=False) as facts:
         terms = ctx.keep(segment_profile.user_terms(embedded.texts, prc.bigrams))
         segments = ctx.keep(segment_profile.profile_segments(
             cl.assigned, embedded.texts, terms, events, cl.centers, text_dim=embedded.dim,
             top_terms_n=prc.top_terms, representative_n=prc.representative_texts,
             top_categories_n=prc.top_categories, typical_n=prc.typical_users))
-        names = segment_profile.name_segments([r.asDict(recursive=True) for r in segments.drop("centroid").collect()])
+        lex_terms = segment_profile.lexical_terms(cl.centers, u.lexicon, u.feature_params, prc.top_terms)
+        names = segment_profile.name_segments([{**r.asDict(recursive=True), "lexical_terms": lex_terms.get(r.segment_id)}
+                                               for r in segments.drop("centroid").collect()])
         lineage = cl.lineage
         extra = ctx.spark.createDataFrame(
-            [(sid, names[sid], lineage[sid][-2] if len(lineage.get(sid, [])) > 1 else None, lineage.get(sid))
-             for sid in names], "segment_id int, name string, parent_id int, lineage array<int>")
+            [(sid, names[sid], lineage[sid][-2] if len(lineage.get(sid, [])) > 1 else None, lineage.get(sid),
+              lex_terms.get(sid, [])) for sid in names],
+            "segment_id int, name string, parent_id int, lineage array<int>, lexical_terms array<string>")
         segments = segments.join(extra, "segment_id", "left").select(
-            "segment_id", "name", "parent_id", "lineage", *[c for c in segments.columns if c != "segment_id"])
+            "segment_id", "name", "parent_id", "lineage", *[c for c in segments.columns if c != "segment_id"],
+            "lexical_terms")
         segments = privacy.suppress_profiles(segments, cl.feature_params.get("suppressed_segments", []),
                                              pc.min_segment_size).orderBy("segment_id")
         # k rows: collected once and rebuilt as a plain frame, so the tables and joins built
@@ -346,7 +428,7 @@ def write_stage(ctx: RunContext, ing: Ingested, u: Users, cl: Clusters, pr: Prof
     run id replaces its partition (idempotent). Returns the tables written: name -> path."""
     lake, rid = ctx.lake, ctx.run_id
     with ctx.stage("write") as facts:
-        k_rows = [{"run_id": rid, **{c: s.get(c) for c in K_COLUMNS}} for s in cl.k_scores]
+        k_rows = [{"run_id": rid, "lang": s.get("lang"), **{c: s.get(c) for c in K_COLUMNS}} for s in cl.k_scores]
         written = {
             "quarantine": lake.write_run("quarantine", ing.quarantine, rid),
             "user_segments": lake.write_run("user_segments", pr.user_segments, rid,
@@ -362,6 +444,9 @@ def write_stage(ctx: RunContext, ing: Ingested, u: Users, cl: Clusters, pr: Prof
             # versions stay readable through Delta time travel).
             "user_vectors": lake.replace("user_vectors", u.state.select(*STATE_COLUMNS)),
         })
+        if u.lexicon is not None:  # the assign job's vocabulary, IDF and SVD
+            written["lexical_terms"] = lake.write_run(
+                "lexical_terms", ctx.spark.createDataFrame(u.lexicon.rows(rid), TABLES["lexical_terms"].schema), rid)
         ctx.crash_point("after_user_vectors")
         for name, rows in (("segment_recommendations", recs.segment), ("user_recommendations", recs.user)):
             if rows is not None:
@@ -415,7 +500,9 @@ def write_runs_row(ctx: RunContext, status: str, res: RunResult | None = None, w
     row = {
         **summary.run_facts(ctx.conf, res, ctx.started), "status": status, "error": error,
         "conf": config.snapshot(ctx.conf),
-        "k_selection": [{c: s.get(c) for c in K_COLUMNS} for s in res.k_selection],
+        # (per language: the largest group's sweep; every group's is in the k_selection table)
+        "k_selection": [{c: s.get(c) for c in K_COLUMNS} for s in res.k_selection
+                        if s.get("lang") == res.k_selection[0].get("lang")],
         "model_path": res.model_path, "report_path": res.report_path,
         "feature_params": json.dumps(feature_params) if feature_params is not None else None,
         "embed_model_id": embed_model_id(EmbedConf.of(ctx.conf)) if status == "succeeded" else None,

@@ -68,13 +68,13 @@ _TABLES = (
         term_scores=array(DOUBLE), representative_texts=array(STRING), n_events=LONG, n_ratings=LONG,
         events_per_user=DOUBLE, purchase_share=DOUBLE, mean_rating=DOUBLE, top_categories=array(STRING),
         top_category_shares=array(DOUBLE), top_category_lifts=array(DOUBLE), centroid=array(DOUBLE),
-        suppressed=BOOL),
+        suppressed=BOOL, lexical_terms=array(STRING)),
         "run_id", (SEGMENT,), "one profile per segment: name, size, terms, texts, behaviour, centroid"),
     Table("k_selection", struct(
         run_id=STRING, k=INT, silhouette=DOUBLE, cost=DOUBLE, wssse=DOUBLE, davies_bouldin=DOUBLE,
         calinski_harabasz=DOUBLE, min_share=DOUBLE, max_share=DOUBLE, size_entropy=DOUBLE, sample_size=LONG,
-        chosen=BOOL),
-        "run_id", (SEGMENT,), "the k sweep's scores (k auto)"),
+        chosen=BOOL, lang=STRING),
+        "run_id", (SEGMENT,), "the k sweep's scores (k auto; per language group with cluster.per_language)"),
     Table("quarantine", struct(
         run_id=STRING, input=STRING, source=STRING, reason=STRING, record=STRING, quarantined_at=TIMESTAMP),
         "run_id", (SEGMENT, ASSIGN), "rejected input rows, each with its reason (PII masked)"),
@@ -85,9 +85,13 @@ _TABLES = (
         user_id=STRING, text_mean=array(DOUBLE), text_weight=DOUBLE, n_texts=LONG, last_text_ts=TIMESTAMP,
         lang_counts=mapping(STRING, LONG), n_events=LONG, event_counts=mapping(STRING, LONG),
         category_counts=mapping(STRING, LONG), rating_sum=DOUBLE, rating_count=LONG, last_event_ts=TIMESTAMP,
-        model_id=STRING, updated_by=STRING, updated_at=TIMESTAMP),
+        model_id=STRING, updated_by=STRING, updated_at=TIMESTAMP, term_counts=mapping(STRING, LONG)),
         None, (SEGMENT, ASSIGN), "each user's running state (replaced by a full run, MERGEd by assign)",
         keys=("user_id",)),
+    Table("lexical_terms", struct(
+        run_id=STRING, term=STRING, term_index=INT, df=LONG, idf=DOUBLE, component=array(DOUBLE)),
+        "run_id", (SEGMENT,), "the lexical channel of a model run: vocabulary, document frequency, IDF, "
+        "the term's SVD loadings"),
     Table("segment_history", struct(
         run_id=STRING, model_run_id=STRING, user_id=STRING, old_segment_id=INT, new_segment_id=INT,
         changed_at=TIMESTAMP),

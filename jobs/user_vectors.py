@@ -14,11 +14,13 @@ Two steps, so that the full job and the incremental assign job compute features 
    vector, and segment, as in the full job.
 
 Fusion rule (documented in the README):
-    features = [ sqrt(1 - w) * t ,  sqrt(w) * z / sqrt(d_b) ]
-where t is the user's L2-normalised pooled text vector, z the user's standardised
-behaviour features (d_b of them) and w = `behaviour_weight`. Both parts then have an
-expected squared norm of about 1 before weighting, so w is the share of squared distance
-that behaviour contributes.
+    features = [ sqrt(1 - w - w_lex) * t ,  sqrt(w_lex) * l ,  sqrt(w) * z / sqrt(d_b) ]
+where t is the user's L2-normalised pooled text vector, l the user's lexical vector (unit
+TF-IDF + SVD of their words, jobs/lexical.py; the block is absent when w_lex = 0), z the
+user's standardised behaviour features (d_b of them), w = `behaviour_weight` and w_lex =
+`lexical.weight`. Each part has an expected squared norm of about 1 before weighting, so the
+weights are the shares of squared distance that each part contributes. Without events there
+is no z; t and l keep their ratio (a common scale does not change the clustering).
 Missing sides: a user with texts but no events gets z = 0 (the population's average
 behaviour); a user with events but no texts gets t = 0. Both are kept and segmented;
 `n_texts` / `n_events` in the output show which side was missing.
@@ -39,12 +41,13 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
+from jobs import lexical as lex
 from jobs.config import EVENT_TYPES
 
 # The user_vectors table (and every state frame) has exactly these columns.
 STATE_COLUMNS = ("user_id", "text_mean", "text_weight", "n_texts", "last_text_ts", "lang_counts", "n_events",
                  "event_counts", "category_counts", "rating_sum", "rating_count", "last_event_ts",
-                 "model_id", "updated_by", "updated_at")
+                 "model_id", "updated_by", "updated_at", "term_counts")
 _EMPTY_COUNTS = "map<string,bigint>"
 
 
@@ -60,9 +63,9 @@ def _count_map(df: DataFrame, key: str) -> DataFrame:
 
 
 def text_state(df: DataFrame, pooling: str = "mean", half_life_days: float = 30.0,
-               emb_col: str = "embedding") -> DataFrame:
+               emb_col: str = "embedding", lexical: bool = False) -> DataFrame:
     """Per user: text_mean (weighted mean embedding, array<double>), text_weight, n_texts,
-    last_text_ts and lang_counts."""
+    last_text_ts, lang_counts and (lexical) term_counts of the cleaned texts' words."""
     data = df.withColumn("_v", array_to_vector(F.col(emb_col)))
     if pooling == "recency":
         latest = F.max("ts").over(Window.partitionBy("user_id"))
@@ -79,9 +82,14 @@ def text_state(df: DataFrame, pooling: str = "mean", half_life_days: float = 30.
         F.max("ts").alias("last_text_ts"),
     )
     langs = _count_map(data, "lang")
-    return (pooled.join(langs, "user_id", "left")
-            .select("user_id", vector_to_array("_mean").alias("text_mean"), "text_weight", "n_texts", "last_text_ts",
-                    F.coalesce("_lang_map", F.create_map().cast(_EMPTY_COUNTS)).alias("lang_counts")))
+    pooled = pooled.join(langs, "user_id", "left")
+    if lexical:  # (recency pooling weighs vectors; term counts are plain counts, so they add up)
+        pooled = pooled.join(lex.term_counts(df), "user_id", "left")
+    else:
+        pooled = pooled.withColumn("term_counts", F.lit(None).cast(_EMPTY_COUNTS))
+    return pooled.select("user_id", vector_to_array("_mean").alias("text_mean"), "text_weight", "n_texts",
+                         "last_text_ts", F.coalesce("_lang_map", F.create_map().cast(_EMPTY_COUNTS)).alias("lang_counts"),
+                         "term_counts")
 
 
 def event_state(events: DataFrame) -> DataFrame:
@@ -117,15 +125,18 @@ def _complete(df: DataFrame, model_id: str | None, updated_by: str) -> DataFrame
         F.lit(model_id).cast("string").alias("model_id"),
         F.lit(updated_by).alias("updated_by"),
         F.current_timestamp().alias("updated_at"),
+        F.coalesce("term_counts", empty).alias("term_counts"),
     )
 
 
 def user_state(texts: DataFrame | None, events: DataFrame | None, *, pooling: str = "mean",
-               half_life_days: float = 30.0, model_id: str | None = None, updated_by: str = "") -> DataFrame:
-    """One state row per user seen in texts or events (columns STATE_COLUMNS)."""
+               half_life_days: float = 30.0, model_id: str | None = None, updated_by: str = "",
+               lexical: bool = False) -> DataFrame:
+    """One state row per user seen in texts or events (columns STATE_COLUMNS); term counts
+    only with `lexical` (the lexical channel is on), else empty."""
     parts = []
     if texts is not None:
-        parts.append(text_state(texts, pooling, half_life_days))
+        parts.append(text_state(texts, pooling, half_life_days, lexical=lexical))
     if events is not None:
         parts.append(event_state(events))
     if not parts:
@@ -134,7 +145,7 @@ def user_state(texts: DataFrame | None, events: DataFrame | None, *, pooling: st
     for c, t in (("text_mean", "array<double>"), ("text_weight", "double"), ("n_texts", "long"),
                  ("last_text_ts", "timestamp"), ("lang_counts", _EMPTY_COUNTS), ("n_events", "long"),
                  ("event_counts", _EMPTY_COUNTS), ("category_counts", _EMPTY_COUNTS), ("rating_sum", "double"),
-                 ("rating_count", "long"), ("last_event_ts", "timestamp")):
+                 ("rating_count", "long"), ("last_event_ts", "timestamp"), ("term_counts", _EMPTY_COUNTS)):
         if c not in state.columns:
             state = state.withColumn(c, F.lit(None).cast(t))
     return _complete(state, model_id, updated_by)
@@ -182,6 +193,7 @@ def combine_state(old: DataFrame, new: DataFrame, *, pooling: str = "mean", half
         (F.coalesce("o_rating_sum", F.lit(0.0)) + F.col("rating_sum")).alias("rating_sum"),
         (F.coalesce("o_rating_count", F.lit(0)) + F.col("rating_count")).alias("rating_count"),
         F.greatest("o_last_event_ts", "last_event_ts").alias("last_event_ts"),
+        F.coalesce(_add_maps("o_term_counts", "term_counts"), F.col("term_counts")).alias("term_counts"),
         applied.alias("_applied"),
     )
     fresh = _complete(merged.where(~F.col("_applied")), model_id, updated_by)
@@ -317,38 +329,53 @@ def language_means(state: DataFrame, min_users: int, mode: str = "auto") -> dict
     return {r["_lang"]: [float(v) for v in r["m"].toArray()] for r in rows}
 
 
-def features(state: DataFrame, params: dict) -> DataFrame:
-    """user_id, features (Vector), n_texts, n_events, lang — from state and fusion params."""
+def features(state: DataFrame, params: dict, lexicon: lex.Lexicon | None = None) -> DataFrame:
+    """user_id, features (Vector), n_texts, n_events, lang — from state and fusion params (and
+    the fitted lexicon when params' lexical_weight > 0)."""
     w = float(params["behaviour_weight"])
+    w_lex = float(params.get("lexical_weight") or 0.0)
     names = list(params.get("behaviour_features") or [])
-    wt = math.sqrt(1.0 - w)
+    wt = math.sqrt(max(0.0, 1.0 - w - w_lex))
     zero_text = F.array_repeat(F.lit(0.0), int(params["text_dim"]))
     state = _unit(state, "text_mean", "_unit")
     if params.get("language_means"):
         state = _centred_by_language(state, "_unit", params["language_means"])
     text = F.coalesce(F.col("_unit"), zero_text)  # no texts -> zero text part
+    blocks = [F.transform(text, lambda x: x * wt)]
+    if w_lex > 0:
+        if lexicon is None:
+            raise ValueError("lexical_weight > 0 needs the run's lexicon (table lexical_terms)")
+        wl = math.sqrt(w_lex)
+        state = state.withColumn("_lex", lex.vectors(lexicon))
+        blocks.append(F.transform("_lex", lambda x: x * wl))
     if not names or w == 0:
-        df, arr = state, F.transform(text, lambda x: x * wt)
+        df = state
     else:
         raw, _ = raw_behaviour(state, list(params["categories"]))
         stats = {k: tuple(v) for k, v in params["behaviour_stats"].items()}
         df, _ = standardise(raw, names, stats)
         wb = math.sqrt(w) / math.sqrt(len(names))
-        arr = F.concat(F.transform(text, lambda x: x * wt), F.array(*[F.col(c) * wb for c in names]))
+        blocks.append(F.array(*[F.col(c) * wb for c in names]))
+    arr = blocks[0] if len(blocks) == 1 else F.concat(*blocks)
     return df.select("user_id", array_to_vector(arr).alias("features"), "n_texts", "n_events",
                      main_lang().alias("lang"))
 
 
 def fusion_params(state: DataFrame, events: DataFrame | None, *, pooling: str = "mean",
                   half_life_days: float = 30.0, behaviour_weight: float = 0.3, n_categories: int = 10,
-                  text_dim: int, language_centring: str = "off", language_min_users: int = 30) -> dict:
+                  text_dim: int, language_centring: str = "off", language_min_users: int = 30,
+                  lexicon: lex.Lexicon | None = None, lexical_weight: float = 0.0) -> dict:
     """The parameters `features` needs, fitted on the full job's users: the behaviour
-    categories and each behaviour feature's mean and std, the language means. Saved with the
+    categories and each behaviour feature's mean and std, the language means, the lexical
+    channel's weight and size (its lexicon is saved apart, in lexical_terms). Saved with the
     model run."""
+    w_lex = lexical_weight if lexicon is not None else 0.0  # (no user has a vocabulary term)
     params: dict = {"text_dim": text_dim, "behaviour_weight": behaviour_weight, "pooling": pooling,
                     "half_life_days": half_life_days, "categories": [], "behaviour_features": [],
                     "behaviour_stats": {},
                     "language_means": language_means(state, language_min_users, language_centring)}
+    if w_lex > 0:
+        params.update(lexical_weight=w_lex, lexical_dim=lexicon.dim, lexical_terms=len(lexicon.terms))
     if events is None:
         return params
     cats = top_categories(events, n_categories)
@@ -361,7 +388,8 @@ def build_user_vectors(texts: DataFrame, events: DataFrame | None, *, pooling: s
                        half_life_days: float = 30.0, behaviour_weight: float = 0.3, n_categories: int = 10,
                        text_dim: int, model_id: str | None = None, updated_by: str = "",
                        state: DataFrame | None = None, language_centring: str = "off",
-                       language_min_users: int = 30) -> tuple[DataFrame, dict, DataFrame]:
+                       language_min_users: int = 30, lexicon: lex.Lexicon | None = None,
+                       lexical_weight: float = 0.0) -> tuple[DataFrame, dict, DataFrame]:
     """The whole stage: (users with features, fusion params, state). Pass `state` (e.g. a
     persisted user_state) to derive params and features from exactly those rows."""
     if state is None:
@@ -369,5 +397,6 @@ def build_user_vectors(texts: DataFrame, events: DataFrame | None, *, pooling: s
                            updated_by=updated_by)
     params = fusion_params(state, events, pooling=pooling, half_life_days=half_life_days,
                            behaviour_weight=behaviour_weight, n_categories=n_categories, text_dim=text_dim,
-                           language_centring=language_centring, language_min_users=language_min_users)
-    return features(state, params), params, state
+                           language_centring=language_centring, language_min_users=language_min_users,
+                           lexicon=lexicon, lexical_weight=lexical_weight)
+    return features(state, params, lexicon), params, state

@@ -113,7 +113,10 @@ def test_full_job_writes_state_and_history(full_lake):
     assert len(hist) == 30 and hist.old_segment_id.isna().all() and (hist.model_run_id == "full1").all()
     runs = _table(lake / "runs")
     assert str(runs.texts_watermark[0]).startswith("2026-01-12")
-    assert set(json.loads(runs.feature_params[0])["language_means"]) == {"en"}
+    params = json.loads(runs.feature_params[0])
+    assert set(params["language_means"]) == {"en"}
+    # The lexical channel is on by default: the reassign parity below covers its saved lexicon.
+    assert params["lexical_weight"] > 0 and len(_table(lake / "lexical_terms")) == params["lexical_terms"] > 0
 
 
 def test_reassign_all_reproduces_the_full_job_exactly(spark, tiny_model, full_lake, tmp_path):
@@ -210,10 +213,11 @@ def test_running_state_matches_pooling_everything(spark, incremental):
             .transform(clean_texts)
             .withColumn("text_hash", F.sha2("text_clean", 256))
             .join(emb.select("text_hash", "embedding").dropDuplicates(["text_hash"]), "text_hash"))
-    want = {r.user_id: r for r in user_state(rows, None).collect()}
+    want = {r.user_id: r for r in user_state(rows, None, lexical=True).collect()}
     for u in ("f1", "t2"):
         assert uv.loc[u, "n_texts"] == want[u].n_texts
         np.testing.assert_allclose(uv.loc[u, "text_mean"], want[u].text_mean, rtol=1e-9, atol=1e-12)
+        assert dict(uv.loc[u, "term_counts"]) == want[u].term_counts  # word counts add up too
 
 
 def test_incremental_batch_again_without_watermark_applies_once(spark, incremental):

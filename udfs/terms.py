@@ -1,5 +1,6 @@
-"""Profile terms: a text's words (English minus stop words, jieba words for Chinese) and
-bigrams, for segment profiles and users' matched terms."""
+"""A text's words (English minus stop words, jieba words for Chinese, letters or character
+bigrams for other scripts): the lexical channel's tokens, and with bigrams the profile terms
+of segments and users' matched terms."""
 from __future__ import annotations
 
 import re
@@ -7,7 +8,6 @@ import re
 import pandas as pd
 
 from udfs.pii import MASK_TOKENS
-from udfs.text_clean import CJK_CHARS
 
 EN_STOP_WORDS = frozenset(
     """a about above after again against all also am an and any are aren't as at be because been before
@@ -27,8 +27,16 @@ ZH_STOP_WORDS = frozenset(
     就是 还是 不是 不 没 非常 比较 真的 一下 一些 一点 这样 那样 可以 已经 自己 什么 怎么 这么 那么 觉得 感觉
     东西 时候 今天 特别 太 最 更 挺 个 次 说 会 要 能 去 来 用 看 做 买 后 前 多 少 好""".split()
 )
-_EN_WORD_RE = re.compile(r"[a-z][a-z'\-]*[a-z]|[a-z]")
-_HAS_CJK_RE = re.compile(rf"[{CJK_CHARS}]")
+# Words of any alphabetic script (Latin with accents, Cyrillic, Greek, Arabic, Hangul...):
+# letters, no digits, joined by an apostrophe or hyphen.
+_WORD_RE = re.compile(r"[^\W\d_]+(?:['\-][^\W\d_]+)*")
+_HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+# Scripts written without spaces between words and without a segmenter here (kana, Thai,
+# Lao, Myanmar, Khmer): character bigrams, the usual fallback of IR systems.
+_UNSPACED = "\u3040-\u30ff\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff"
+_RUN_RE = re.compile(rf"([{_HAN}]+|[{_UNSPACED}]+)")
+_HAN_RE = re.compile(rf"[{_HAN}]")
+_UNSPACED_RE = re.compile(rf"[{_UNSPACED}]")
 
 
 def _jieba():
@@ -41,23 +49,32 @@ def _jieba():
     return jieba
 
 
-def terms(text: str | None, bigrams: bool = True) -> list[str]:
-    """Profile terms of a cleaned text: lower-cased English words (no stop words, no mask
-    tokens), jieba words for Chinese runs, plus adjacent-term bigrams."""
+def words(text: str | None) -> list[str]:
+    """The words of a cleaned text, in order: jieba words for Chinese (Han) runs, character
+    bigrams for unspaced scripts (kana, Thai...), lower-cased letter words elsewhere; no stop
+    words, no mask tokens, no digits, no single letters (English: no words under 3 letters)."""
     if not text:
         return []
     for token in MASK_TOKENS:
         text = text.replace(token, " ")
     out: list[str] = []
-    # Split into CJK and non-CJK runs so English inside Chinese text is tokenised as English.
-    for run in re.split(rf"([{CJK_CHARS}]+)", text):
+    # Runs by script, so English inside Chinese text is tokenised as English.
+    for run in _RUN_RE.split(text):
         if not run:
             continue
-        if _HAS_CJK_RE.match(run):
-            words = [w for w in _jieba().lcut(run) if w.strip() and w not in ZH_STOP_WORDS and len(w) > 1]
+        if _HAN_RE.match(run):
+            out.extend(w for w in _jieba().lcut(run) if w.strip() and w not in ZH_STOP_WORDS and len(w) > 1)
+        elif _UNSPACED_RE.match(run):
+            out.extend(run[i:i + 2] for i in range(len(run) - 1))
         else:
-            words = [w for w in _EN_WORD_RE.findall(run.lower()) if w not in EN_STOP_WORDS and len(w) > 2]
-        out.extend(words)
+            out.extend(w for w in _WORD_RE.findall(run.lower())
+                       if ((len(w) > 2 and w not in EN_STOP_WORDS) if w.isascii() else len(w) > 1))
+    return out
+
+
+def terms(text: str | None, bigrams: bool = True) -> list[str]:
+    """Profile terms of a cleaned text: its `words` plus adjacent-word bigrams."""
+    out = words(text)
     if bigrams:
         out.extend(f"{a} {b}" for a, b in zip(out, out[1:]))
     return out
