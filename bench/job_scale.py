@@ -41,7 +41,10 @@ plus a JVM start per N and the data generation the first time (cached afterwards
 
     python bench/job_scale.py [--users 10000,100000,1000000] [--k 20] [--model tiny|minilm]
         [--driver-memory 12g] [--seed 7] [--work ~/.cache/seglake-bench/job-scale]
-        [--out bench/results/job_scale.md]
+        [--out bench/results/job_scale.md] [--compare-lexical]
+
+--compare-lexical runs every N a second time with lexical.weight 0 and reports the lexical
+channel's cost as a share of the non-embed time (issue 18: at most 25 % at 1M users).
 """
 from __future__ import annotations
 
@@ -145,6 +148,8 @@ def run_point(args) -> dict:
         "spark": {"conf": {"spark.ui.showConsoleProgress": "false", "spark.driver.memory": args.driver_memory}},
         "run_id": f"job-scale-{n}",
     }
+    if args.lexical_weight is not None:
+        base["lexical"] = {"weight": args.lexical_weight}
     conf = config.load(str(REPO / "conf" / "local.yaml"), base)
 
     sampler = JobSampler()
@@ -197,6 +202,8 @@ def spawn(args, extra: list[str]) -> dict:
            "--driver-memory", args.driver_memory, "--work", args.work, "--json", path]
     if args.model_path:
         cmd += ["--model-path", args.model_path]
+    if args.lexical_weight is not None:
+        cmd += ["--lexical-weight", str(args.lexical_weight)]
     subprocess.run(cmd, check=True)
     res = json.loads(Path(path).read_text(encoding="utf-8"))
     os.unlink(path)
@@ -212,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--work", default=os.path.expanduser("~/.cache/seglake-bench/job-scale"))
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "job_scale.md"))
+    p.add_argument("--compare-lexical", action="store_true",
+                   help="also run each N with lexical.weight 0 and report the lexical channel's cost")
+    p.add_argument("--lexical-weight", type=float, help=argparse.SUPPRESS)
     # internal: one N in this (child) process, or the data of one N
     p.add_argument("--point", type=int, help=argparse.SUPPRESS)
     p.add_argument("--generate", type=int, help=argparse.SUPPRESS)
@@ -239,6 +249,13 @@ def main(argv: list[str] | None = None) -> int:
             gens[n] = spawn(args, ["--generate", str(n)])
         print(f"== full job, {n:,} users", flush=True)
         results.append(spawn(args, ["--point", str(n)]))
+    without = []
+    if args.compare_lexical:
+        args.lexical_weight = 0.0
+        for n in sizes:
+            print(f"== full job, {n:,} users, lexical.weight 0", flush=True)
+            without.append(spawn(args, ["--point", str(n)]))
+        args.lexical_weight = None
     total = time.perf_counter() - t0
 
     import pyspark
@@ -361,6 +378,20 @@ def main(argv: list[str] | None = None) -> int:
     for name in [s for s in names if s in first["job_stage_s"]]:
         pairs = [f"{job_s(r, name):.1f} / {st(r, name, 's'):.1f}" for r in results]
         lines.append(f"| {name} | {' | '.join(pairs)} |")
+    if without:
+        w = DEFAULTS["lexical"]["weight"]
+        lines += ["", f"Lexical channel cost: each N run again in a fresh child with `lexical.weight: 0` (the "
+                      f"table above: the default, {w}). Non-embed time = the whole run minus the embed stage; the "
+                      "channel's cost is the difference (term counts and the vocabulary in user_vectors, the "
+                      f"projection, {DEFAULTS['lexical']['dim']} more dimensions to cluster).", "",
+                  f"| users | non-embed s, weight 0 | non-embed s, weight {w} | channel's cost s | share of non-embed "
+                  "time | user_vectors s (0 → w) | cluster s (0 → w) | profile s (0 → w) |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for on, off in zip(results, without):
+            a, b = on["wall_s"] - job_s(on, "embed"), off["wall_s"] - job_s(off, "embed")
+            lines.append(f"| {on['n']:,} | {b:.1f} | {a:.1f} | {a - b:.1f} | {(a - b) / a:.1%} | "
+                         + " | ".join(f"{job_s(off, st_):.1f} → {job_s(on, st_):.1f}"
+                                      for st_ in ("user_vectors", "cluster", "profile")) + " |")
     lines.append("")
     append_result(args.out, "Full job scaling curve, stage by stage", "job_scale.py", lines)
 

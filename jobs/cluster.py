@@ -170,13 +170,14 @@ def language_group(languages: list[str]) -> "F.Column":
 
 
 def split_k(k: int, sizes: dict[str, int]) -> dict[str, int]:
-    """A total of k segments (k >= number of groups) shared among groups in proportion to
-    their users (largest remainder), each group at least 1 and at most its users."""
+    """A total of k segments (k >= 2 x number of groups) shared among groups in proportion to
+    their users (largest remainder), each group at least 2 (a KMeans model needs two centres)
+    and at most its users."""
     total = sum(sizes.values())
     quota = {g: k * n / total for g, n in sizes.items()}
-    out = {g: max(1, min(sizes[g], int(q))) for g, q in quota.items()}
-    while sum(out.values()) > k:  # (the minimum of 1 overshot): from the groups most above quota
-        g = max((g for g in out if out[g] > 1), key=lambda g: out[g] - quota[g])
+    out = {g: max(min(2, sizes[g]), min(sizes[g], int(q))) for g, q in quota.items()}
+    while sum(out.values()) > k:  # (the minimum overshot): from the groups most above quota
+        g = max((g for g in out if out[g] > 2), key=lambda g: out[g] - quota[g])
         out[g] -= 1
     while sum(out.values()) < k:
         room = [g for g in out if out[g] < sizes[g]]

@@ -238,7 +238,7 @@ class LexicalConf(Section):
     """The lexical channel (jobs/lexical.py): TF-IDF of users' words, truncated SVD."""
 
     KEY = "lexical"
-    weight: float = 0.25  # share of squared distance (0: off, vectors exactly as without the channel; 1: lexical only)
+    weight: float = 0.2  # share of squared distance (0: off, vectors exactly as without the channel; 1: lexical only)
     dim: int = 64  # SVD dimensions
     min_df: int = 2  # a term is in at least this many sampled users...
     max_df: float = 0.5  # ...and at most this share of them

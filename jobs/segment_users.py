@@ -244,11 +244,13 @@ def language_groups(ctx: RunContext, u: Users, cc: ClusterConf) -> dict[str | No
     sizes = {r["g"]: int(r["count"]) for r in sorted(rows, key=lambda r: (-r["count"], r["g"]))}  # largest first
     if sizes.get(cluster.OTHER, 0) < UserVectorsConf.of(ctx.conf).language_min_users:
         sizes.pop(cluster.OTHER, None)  # too few for segments of their own: they go to the nearest of any
+    if len(sizes) < 2 or min(sizes.values()) < 2:  # (a KMeans model needs two centres, so two users)
+        return whole
     if cc.k == "auto":
         return {g: (n, "auto" if n > cc.k_min else min(n, cc.k_min)) for g, n in sizes.items()}
-    if cc.k < len(sizes):
-        log.info("cluster.per_language: k=%d is less than the %d language groups; one fit for all users",
-                 cc.k, len(sizes))
+    if cc.k < 2 * len(sizes):
+        log.info("cluster.per_language: k=%d is less than 2 segments for each of the %d language groups; "
+                 "one fit for all users", cc.k, len(sizes))
         return whole
     return {g: (sizes[g], kg) for g, kg in cluster.split_k(cc.k, sizes).items()}
 

@@ -63,7 +63,7 @@ def _count_map(df: DataFrame, key: str) -> DataFrame:
 
 
 def text_state(df: DataFrame, pooling: str = "mean", half_life_days: float = 30.0,
-               emb_col: str = "embedding", lexical: bool = False) -> DataFrame:
+               emb_col: str = "embedding", lexical: bool = False, text_col: str = "text_clean") -> DataFrame:
     """Per user: text_mean (weighted mean embedding, array<double>), text_weight, n_texts,
     last_text_ts, lang_counts and (lexical) term_counts of the cleaned texts' words."""
     data = df.withColumn("_v", array_to_vector(F.col(emb_col)))
@@ -75,18 +75,20 @@ def text_state(df: DataFrame, pooling: str = "mean", half_life_days: float = 30.
         data = data.withColumn("_w", F.lit(1.0))
     if "lang" not in data.columns:
         data = data.withColumn("lang", F.lit(None).cast("string"))
+    # Term counts (lexical): summed in this same groupBy. (Recency pooling weighs the vectors;
+    # term counts are plain counts, so old and new ones add up.)
+    if lexical:
+        data = data.withColumn("_tc", lex.text_counts_udf()(F.col(text_col)))
+    terms = [F.collect_list("_tc").alias("_tcs")] if lexical else []
     pooled = data.groupBy("user_id").agg(
         Summarizer.mean(F.col("_v"), F.col("_w")).alias("_mean"),
         F.sum("_w").alias("text_weight"),
         F.count(F.lit(1)).alias("n_texts"),
         F.max("ts").alias("last_text_ts"),
-    )
+        *terms,
+    ).withColumn("term_counts", lex.add_counts(F.col("_tcs")) if lexical else F.lit(None).cast(_EMPTY_COUNTS))
     langs = _count_map(data, "lang")
     pooled = pooled.join(langs, "user_id", "left")
-    if lexical:  # (recency pooling weighs vectors; term counts are plain counts, so they add up)
-        pooled = pooled.join(lex.term_counts(df), "user_id", "left")
-    else:
-        pooled = pooled.withColumn("term_counts", F.lit(None).cast(_EMPTY_COUNTS))
     return pooled.select("user_id", vector_to_array("_mean").alias("text_mean"), "text_weight", "n_texts",
                          "last_text_ts", F.coalesce("_lang_map", F.create_map().cast(_EMPTY_COUNTS)).alias("lang_counts"),
                          "term_counts")

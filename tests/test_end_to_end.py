@@ -286,7 +286,7 @@ def test_rerun_same_run_id_replaces_rows(spark, tmp_path, tiny_model):
 
     e = explain(str(lake), "a0", "r1")
     assert e["segment_id"] == seg["a0"] and e["second_segment_id"] == seg["b0"] and e["margin"] >= 0
-    assert set(e["matched_terms"]) <= set(e["segment_terms"])
+    assert set(e["matched_terms"]) <= set(e["segment_terms"]) | set(e["segment_lexical_terms"])
     # Each item here has one buyer (below recommend.min_users): every list is the overall fallback,
     # less what the user bought.
     assert e["recommended_from"] == "user_recommendations" and len(e["recommended"]) == 10
