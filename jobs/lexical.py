@@ -92,8 +92,12 @@ def add_counts(maps: Column) -> Column:
     Why per text and summed in the pooling's own groupBy: one exploded row per word and a
     groupBy on (user, word) would shuffle every word twice and join back; measured at 1M
     users (bench/job_scale.py) that tripled the user_vectors stage."""
-    return F.aggregate(maps, F.create_map().cast(_MAP),
-                       lambda acc, m: F.map_zip_with(acc, m, lambda _, x, y: F.coalesce(x, F.lit(0)) + F.coalesce(y, F.lit(0))))
+    return F.aggregate(maps, F.create_map().cast(_MAP), sum_maps)
+
+
+def sum_maps(a: Column, b: Column) -> Column:
+    """Two count maps added key by key (a key missing on one side counts 0)."""
+    return F.map_zip_with(a, b, lambda _, x, y: F.coalesce(x, F.lit(0)) + F.coalesce(y, F.lit(0)))
 
 
 # --------------------------------------------------------------------------------------------

@@ -154,7 +154,7 @@ def user_state(texts: DataFrame | None, events: DataFrame | None, *, pooling: st
 
 
 def _add_maps(a: str, b: str) -> Column:
-    return F.map_zip_with(F.col(a), F.col(b), lambda _, x, y: F.coalesce(x, F.lit(0)) + F.coalesce(y, F.lit(0)))
+    return lex.sum_maps(F.col(a), F.col(b))
 
 
 def combine_state(old: DataFrame, new: DataFrame, *, pooling: str = "mean", half_life_days: float = 30.0,
