@@ -34,7 +34,7 @@ from jobs.embed import embed_model_id
 from jobs.history import history_rows
 from jobs.lock import job_lock
 from jobs.pipeline import INPUTS, RunContext, embed_stage, ingest_stage, new_run_id, read_mapped, run_scope
-from jobs.segment_profile import user_terms
+from jobs.segment_profile import segment_terms, user_terms
 from jobs.tables import Lake
 from jobs.user_vectors import STATE_COLUMNS, combine_state, features, user_state
 
@@ -267,10 +267,7 @@ def user_segment_rows(ctx: RunContext, assigned: DataFrame, old: DataFrame, text
     """user_segments rows of the assigned users. matched_terms: the new texts' terms among the
     segment's top terms and lexical terms, plus the earlier matches when the segment did not change."""
     no_terms = F.array().cast("array<string>")
-    segs = ctx.lake.read("segments").where(F.col("run_id") == model_run_id)
-    listed = (F.array_union("top_terms", F.coalesce("lexical_terms", no_terms)) if "lexical_terms" in segs.columns
-              else F.col("top_terms"))  # (a model run written before the lexical channel)
-    top = segs.select("segment_id", F.explode(listed).alias("term"))
+    top = segment_terms(ctx.lake.read("segments").where(F.col("run_id") == model_run_id))
     new_terms = no_terms
     out = assigned.join(old.select("user_id", F.col("segment_id").alias("_old_seg"), "_old_terms"), "user_id", "left")
     if texts is not None:

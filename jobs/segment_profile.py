@@ -146,11 +146,20 @@ def profile_segments(user_segments: DataFrame, texts: DataFrame, terms: DataFram
     ).orderBy("segment_id")
 
 
+def segment_terms(segments: DataFrame) -> DataFrame:
+    """segment_id, term: each segment's top terms and lexical terms, what users' matched terms
+    are matched against (the full job and seglake-assign alike). Segments of a run written
+    before the lexical channel have no lexical_terms column."""
+    listed = F.col("top_terms")
+    if "lexical_terms" in segments.columns:
+        listed = F.array_union(listed, F.coalesce("lexical_terms", F.array().cast("array<string>")))
+    return segments.select("segment_id", F.explode(listed).alias("term"))
+
+
 def explain_users(user_segments: DataFrame, terms: DataFrame, segments: DataFrame) -> DataFrame:
     """user_segments + `matched_terms`: the user's own terms that are among their segment's
     top terms or lexical terms (why this user is here, in words); empty when none match."""
-    listed = F.array_union("top_terms", "lexical_terms") if "lexical_terms" in segments.columns else F.col("top_terms")
-    seg_terms = segments.select("segment_id", F.explode(listed).alias("term"))
+    seg_terms = segment_terms(segments)
     matched = (terms.join(user_segments.select("user_id", "segment_id"), "user_id")
                .join(seg_terms, ["segment_id", "term"])
                .groupBy("user_id").agg(F.array_sort(F.collect_set("term")).alias("matched_terms")))
