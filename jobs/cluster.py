@@ -292,7 +292,11 @@ def stability(sample: DataFrame, k: int, seeds: list[int], *, algorithm: str = "
         model.setPredictionCol(f"_s{i}")
         pred = model.transform(pred)
         cols.append(f"_s{i}")
-    return metrics.pairwise_ari(pred.cache(), cols)
+    pred = pred.cache()
+    try:
+        return metrics.pairwise_ari(pred, cols)
+    finally:
+        pred.unpersist()  # (it was left cached for the rest of the session)
 
 
 def _nearest_two(x: np.ndarray, centers: np.ndarray, scores: np.ndarray, own: np.ndarray | None,

@@ -166,6 +166,21 @@ def _check_merge_source(df: DataFrame, keys: list[str], partition_values: dict[s
     return int(found["rows"] or 0)
 
 
+def _materialized(df: DataFrame) -> DataFrame:
+    """df computed once into the executors' block stores, its plan cut to a scan of them.
+
+    Delta plans MERGE's source several times over (the touched files, the rewrite, its own
+    materialization), and an incremental batch's source plan runs to thousands of lines: on
+    small batches, analysing and optimising those plans on the driver cost more than the Spark
+    jobs did. This also makes the source check below and the MERGE see the same rows. (A lost
+    executor loses the blocks and fails the MERGE before it commits; the batch's rerun then
+    applies it once, as after any failed batch.) Engines without local checkpoints get df."""
+    try:
+        return df.localCheckpoint(eager=True)
+    except Exception:  # noqa: BLE001 - an engine without it (Spark Connect servers may refuse it)
+        return df
+
+
 def merge(
     df: DataFrame, path: str, keys: list[str], *, engine: str = "auto", partition_by: str | None = None,
     update_condition: str | None = None, partition_values: dict[str, str] | None = None,
@@ -191,8 +206,11 @@ def merge(
     if partition_by is not None:
         _check_partition_column(df, partition_by)
     predicate = _merge_predicate(df, keys, partition_values)
+    native = resolve_engine(df.sparkSession, engine) == "native"
+    if native:
+        df = _materialized(df)
     source_rows = _check_merge_source(df, keys, partition_values)
-    if resolve_engine(df.sparkSession, engine) == "native":
+    if native:
         commit = lambda: delta_native.merge(df, path, partition_by, predicate, update_condition, source_rows,  # noqa: E731
                                        properties)
     else:

@@ -61,7 +61,10 @@ class RunContext:
         return df
 
     def release(self) -> None:
-        for df in self._persisted:
+        # Newest first: uncaching a frame that later cached frames were built on makes Spark
+        # re-plan and re-cache each of those (CacheManager.recacheByCondition), seconds per
+        # frame with these plans; in reverse order no cached frame depends on the one dropped.
+        for df in reversed(self._persisted):
             df.unpersist()
         self._persisted.clear()
 
