@@ -34,7 +34,7 @@ demo: $(STAMP)
 
 # Every tier: unit, integration and e2e (markers in pytest.ini; tests/conftest.py assigns them).
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 # The unit tier only: no Spark session, no model (seconds a test).
 test-fast: $(STAMP) browser
