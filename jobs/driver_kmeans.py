@@ -33,16 +33,24 @@ def _normalise(c: np.ndarray) -> np.ndarray:
     return c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
 
 
-def kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator, cosine: bool = False) -> np.ndarray:
+def kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator, cosine: bool = False,
+              fixed: np.ndarray | None = None) -> np.ndarray:
     """Greedy k-means++ (Arthur & Vassilvitskii; 2 + log k candidates per step, the one that
-    lowers the potential most is kept, as scikit-learn does)."""
+    lowers the potential most is kept, as scikit-learn does). `fixed` (g x d): the first g
+    centres, given (guided segments); the other k - g are seeded where they serve the data
+    those leave worst served."""
     n = len(x)
     x_sq = (x * x).sum(1)
     trials = 2 + int(math.log(k))
     centers = np.empty((k, x.shape[1]))
-    centers[0] = x[rng.integers(n)]
-    closest = _cost_matrix(x, x_sq, centers[:1], cosine)[:, 0]
-    for i in range(1, k):
+    g = 0 if fixed is None else len(fixed)
+    if g:
+        centers[:g] = fixed
+    else:
+        centers[0] = x[rng.integers(n)]
+    start = max(g, 1)
+    closest = _cost_matrix(x, x_sq, centers[:start], cosine).min(1)
+    for i in range(start, k):
         pot = closest.sum()
         if pot <= 0:  # fewer distinct points than k: repeat one (Lloyd leaves it empty, relocated)
             centers[i:] = centers[0]
@@ -88,16 +96,19 @@ def lloyd(x: np.ndarray, centers: np.ndarray, max_iter: int = 300, tol: float = 
 
 
 def fit(x: np.ndarray, k: int, *, n_init: int = 10, seed: int = 42, max_iter: int = 300,
-        cosine: bool = False) -> tuple[np.ndarray, float]:
-    """The lowest-cost of `n_init` k-means++ + Lloyd runs: (centres k x d, cost)."""
+        cosine: bool = False, fixed: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """The lowest-cost of `n_init` k-means++ + Lloyd runs: (centres k x d, cost). With `fixed`
+    (g x d seeds, guided segments), centre i < g starts at fixed[i] in every restart and stays
+    index i (Lloyd moves it to its members' mean)."""
     x = np.asarray(x, dtype=np.float64)
     if cosine:
         x = _normalise(x)
+        fixed = None if fixed is None else _normalise(np.asarray(fixed, dtype=np.float64))
     k = min(k, len(x))
     rng = np.random.default_rng(seed)
     best: tuple[np.ndarray, float] | None = None
     for _ in range(n_init):
-        centers, _, cost = lloyd(x, kmeans_pp(x, k, rng, cosine), max_iter, cosine=cosine)
+        centers, _, cost = lloyd(x, kmeans_pp(x, k, rng, cosine, fixed), max_iter, cosine=cosine)
         if best is None or cost < best[1]:
             best = (centers, cost)
     return best

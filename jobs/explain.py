@@ -36,7 +36,8 @@ def explain(output: str, user_id: str, run_id: str | None = None) -> dict:
     segs = {s["segment_id"]: s for s in table.select([c for c in ("segment_id", "name", "size", "top_terms",
                                                                   "lexical_terms") if c in table.column_names])
             .to_pylist()}
-    own, second = segs[u["segment_id"]], segs.get(u["second_segment_id"])
+    noise = {"name": "noise (far from every segment)", "size": None, "top_terms": [], "lexical_terms": []}
+    own, second = segs.get(u["segment_id"], noise), segs.get(u["second_segment_id"])
     return {
         "run_id": run_id, "user_id": user_id,
         "segment_id": u["segment_id"], "segment_name": own["name"], "segment_size": own["size"],
@@ -46,6 +47,9 @@ def explain(output: str, user_id: str, run_id: str | None = None) -> dict:
         "matched_terms": u["matched_terms"] or [], "segment_terms": own["top_terms"] or [],
         "segment_lexical_terms": own.get("lexical_terms") or [],
         "n_texts": u["n_texts"], "n_events": u["n_events"],
+        # (absent in runs from before soft memberships and outliers)
+        "memberships": list(zip(u.get("top_segment_ids") or [], u.get("memberships") or [])),
+        "outlier": bool(u.get("outlier")),
         **_recommended(output, run_id, user_id, u["segment_id"]),
     }
 
@@ -67,9 +71,12 @@ def _recommended(output: str, run_id: str, user_id: str, segment_id: int, n: int
 def render(e: dict) -> str:
     lines = [
         f"user {e['user_id']} (run {e['run_id']}; {e['n_texts']} texts, {e['n_events']} events)",
-        f"  segment   {e['segment_id']}: {e['segment_name']} ({e['segment_size']} users)",
-        f"  distance  {e['distance']:.4f} to its centroid",
+        f"  segment   {e['segment_id']}: {e['segment_name']}"
+        + (f" ({e['segment_size']} users)" if e["segment_size"] is not None else ""),
+        f"  distance  {e['distance']:.4f} to its centroid" + ("; an outlier, beyond most of its segment" if e.get("outlier") else ""),
     ]
+    if e.get("memberships"):
+        lines.append("  membership " + ", ".join(f"{sid}: {p:.0%}" for sid, p in e["memberships"]))
     if e["second_segment_id"] is not None:
         lines.append(f"  runner-up {e['second_segment_id']}: {e['second_segment_name']} at {e['second_distance']:.4f} "
                      f"(margin {e['margin']:.4f}{'; borderline' if e['margin'] < 0.05 * e['second_distance'] else ''})")

@@ -149,6 +149,34 @@ def recommend_for_users(user_segments: DataFrame, scores: DataFrame, consumed: D
             .select("user_id", "segment_id", F.col("rank").cast("int"), "item_id", "score"))
 
 
+def recommend_blended(user_segments: DataFrame, scores: DataFrame, consumed: DataFrame | None, n: int) -> DataFrame:
+    """user_id, segment_id (the own), rank, item_id, score: each user's segment lists mixed by
+    membership (recommend.blend_memberships): an item's score is the sum over the user's top
+    segments (user_segments.top_segment_ids) of membership x its score in that segment's
+    ranking, from the first n + c ranks of each (c: the user's consumed items, as in
+    `recommend_for_users`; an item past them adds nothing from that segment). Consumed items
+    are left out."""
+    users = user_segments.select("user_id", F.col("segment_id").cast("int").alias("_own"),
+                                 F.arrays_zip(F.col("top_segment_ids").alias("s"), F.col("memberships").alias("w")).alias("_m"))
+    if consumed is not None:
+        seen = consumed.select("user_id", "item_id").where(F.col("item_id").isNotNull()).distinct()
+        counts = seen.groupBy("user_id").agg(F.count(F.lit(1)).alias("_c"))
+        users = users.join(counts, "user_id", "left").withColumn("_c", F.coalesce("_c", F.lit(0)))
+    else:
+        users = users.withColumn("_c", F.lit(0))
+    pairs = users.select("user_id", "_own", "_c", F.explode("_m").alias("_p")).select(
+        "user_id", "_own", "_c", F.col("_p.s").cast("int").alias("segment_id"), F.col("_p.w").alias("_w"))
+    ranks = pairs.select("user_id", "_own", "segment_id", "_w",
+                         F.explode(F.sequence(F.lit(1), F.lit(n) + F.col("_c"))).alias("_sr"))
+    cands = ranks.join(scores.select("segment_id", F.col("rank").alias("_sr"), "item_id", "score"), ["segment_id", "_sr"])
+    if consumed is not None:
+        cands = cands.join(seen, ["user_id", "item_id"], "left_anti")
+    mixed = cands.groupBy("user_id", "_own", "item_id").agg(F.sum(F.col("_w") * F.col("score")).alias("score"))
+    rank = F.row_number().over(Window.partitionBy("user_id").orderBy(F.desc("score"), "item_id"))
+    return (mixed.withColumn("rank", rank).where(F.col("rank") <= n)
+            .select("user_id", F.col("_own").alias("segment_id"), F.col("rank").cast("int"), "item_id", "score"))
+
+
 def for_users(spark, root: str, users: DataFrame, consumed: DataFrame | None = None, n: int = 10,
               run_id: str | None = None, engine: str = "auto") -> DataFrame:
     """Recommendations for a set of users (a frame with user_id) from a finished run's tables,

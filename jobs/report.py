@@ -778,6 +778,36 @@ def _timings(run: dict) -> str:
             f'</tr></tfoot></table>{note}</div></section>')
 
 
+def _changes(changes: dict | None, names: dict) -> str:
+    """Changes since the last run: each segment's relation to the previous run's (same, split,
+    merged, new, retired), its size then and now, and the largest moves of users between ids."""
+    if not changes:
+        return ""
+    head = f'<section id="changes"><h2>Changes since the last run</h2><p class="muted">{_esc(changes.get("note"))}</p>'
+    rows = changes.get("lineage") or []
+    if not changes.get("previous_run_id"):
+        return head + "</section>"
+    before = changes.get("previous_sizes") or {}
+    trs = "".join(
+        f'<tr><td class="n">{_esc(r["segment_id"])}</td><td>{_esc(names.get(r["segment_id"], ""))}</td>'
+        f'<td>{_esc(r["relation"])}</td><td>{_esc(", ".join(str(i) for i in (r.get("previous_ids") or [])))}</td>'
+        f'<td class="n">{_int(before.get(r["segment_id"]))}</td>'
+        f'<td class="n">{_int(r["size"]) if r["relation"] != "retired" else "–"}</td>'
+        f'<td>{_esc(", ".join(str(i) for i in (r.get("successor_ids") or [])))}</td></tr>'
+        for r in sorted(rows, key=lambda r: (r["relation"] == "retired", r["segment_id"])))
+    moves = sorted((m for m in changes.get("moves") or [] if m["from"] != m["to"]), key=lambda m: -m["users"])[:10]
+    mv = "".join(f'<tr><td class="n">{_esc(m["from"])}</td><td class="n">{_esc(m["to"])}</td>'
+                 f'<td class="n">{_int(m["users"])}</td></tr>' for m in moves)
+    kept = changes.get("kept_share")
+    return (head + f'<p>Of the users in both runs, {_pct(kept)} kept their segment id.</p>' if kept is not None else head) + (
+        '<div class="panel"><table><thead><tr><th class="n">segment</th><th>name</th><th>relation</th>'
+        '<th>previous ids</th><th class="n">users then</th><th class="n">users now</th><th>went to</th></tr></thead>'
+        f'<tbody>{trs}</tbody></table></div>'
+        + ('<h3>Largest moves between segments</h3><div class="panel"><table><thead><tr><th class="n">from</th>'
+           f'<th class="n">to</th><th class="n">users</th></tr></thead><tbody>{mv}</tbody></table></div>' if mv else "")
+        + "</section>")
+
+
 def _normalise_segments(segments: Iterable[dict]) -> list[dict]:
     segs = []
     for s in segments or []:
@@ -788,7 +818,8 @@ def _normalise_segments(segments: Iterable[dict]) -> list[dict]:
     return segs
 
 
-def render_report(run: dict, k_selection: list[dict], segments: list[dict], projection: list[dict]) -> str:
+def render_report(run: dict, k_selection: list[dict], segments: list[dict], projection: list[dict],
+                  changes: dict | None = None) -> str:
     """The whole report as one HTML string (no external resources at all: no CDN, no fonts, no http(s) URLs)."""
     run = dict(run or {})
     k_selection = [dict(r) for r in (k_selection or [])]
@@ -813,6 +844,7 @@ def render_report(run: dict, k_selection: list[dict], segments: list[dict], proj
         _inputs(run),
         _k_selection(run, k_selection),
         _overview(segs, colors, names, projection, order),
+        _changes(changes, names),
         f'<section id="segments"><h2>Segment cards</h2>{cards}</section>',
         _timings(run),
         f'<footer>SegLake \u00b7 run {_esc(run.get("run_id"))} \u00b7 self-contained report: '

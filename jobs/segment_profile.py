@@ -58,11 +58,13 @@ def top_terms(terms: DataFrame, user_segments: DataFrame, n: int = 10, min_count
         "segment_id", F.col("_t.term").alias("top_terms"), F.col("_t.score").alias("term_scores"))
 
 
-def representative_texts(texts: DataFrame, user_segments: DataFrame, centers: np.ndarray, text_dim: int,
+def representative_texts(texts: DataFrame, user_segments: DataFrame, centroids: dict[int, np.ndarray], text_dim: int,
                          n: int = 5) -> DataFrame:
     """segment_id, representative_texts: the cleaned (PII-masked) texts closest in cosine to the
-    text part of the segment's centroid; duplicates counted once."""
-    text_centers = centers[:, :text_dim].astype(np.float32)
+    text part of the segment's centroid (`centroids`: segment id -> centroid); duplicates counted once."""
+    text_centers = np.zeros((max(centroids, default=-1) + 1, text_dim), dtype=np.float32)  # row = segment id
+    for sid, c in centroids.items():
+        text_centers[sid] = np.asarray(c[:text_dim], dtype=np.float32)
     text_centers /= np.maximum(np.linalg.norm(text_centers, axis=1, keepdims=True), 1e-12)
 
     @F.pandas_udf("double")
@@ -112,16 +114,16 @@ def behaviour(events: DataFrame, user_segments: DataFrame, n_categories: int = 3
 
 
 def profile_segments(user_segments: DataFrame, texts: DataFrame, terms: DataFrame, events: DataFrame | None,
-                     centers: np.ndarray, *, text_dim: int, top_terms_n: int = 10, representative_n: int = 5,
+                     centroids: dict[int, np.ndarray], *, text_dim: int, top_terms_n: int = 10, representative_n: int = 5,
                      top_categories_n: int = 3, typical_n: int = 5) -> DataFrame:
     """One row per segment with everything above plus the centroid (names come later, from
     these rows: see `name_segments`)."""
     spark = user_segments.sparkSession
     centroid_df = spark.createDataFrame(
-        [(i, [float(x) for x in c]) for i, c in enumerate(centers)], "segment_id int, centroid array<double>")
+        [(int(i), [float(x) for x in c]) for i, c in sorted(centroids.items())], "segment_id int, centroid array<double>")
     out = (sizes(user_segments, typical_n)
            .join(top_terms(terms, user_segments, top_terms_n), "segment_id", "left")
-           .join(representative_texts(texts, user_segments, centers, text_dim, representative_n), "segment_id", "left"))
+           .join(representative_texts(texts, user_segments, centroids, text_dim, representative_n), "segment_id", "left"))
     if events is not None:
         beh = behaviour(events, user_segments, top_categories_n)
     else:
@@ -167,7 +169,7 @@ def explain_users(user_segments: DataFrame, terms: DataFrame, segments: DataFram
             .withColumn("matched_terms", F.coalesce("matched_terms", F.array().cast("array<string>"))))
 
 
-def lexical_terms(centers: np.ndarray, lexicon, params: dict, n: int = 10) -> dict[int, list[str]]:
+def lexical_terms(centroids: dict[int, np.ndarray], lexicon, params: dict, n: int = 10) -> dict[int, list[str]]:
     """segment id -> the vocabulary terms its centre's lexical block points at, against the
     mean centre: the words the clustering itself weighed (jobs/lexical.top_terms). Empty
     without the lexical channel."""
@@ -175,9 +177,10 @@ def lexical_terms(centers: np.ndarray, lexicon, params: dict, n: int = 10) -> di
     if lexicon is None or w <= 0:
         return {}
     start = int(params["text_dim"])
-    block = np.asarray(centers)[:, start:start + lexicon.dim] / np.sqrt(w)
+    ids = sorted(centroids)
+    block = np.vstack([centroids[i] for i in ids])[:, start:start + lexicon.dim] / np.sqrt(w)
     mean = block.mean(axis=0)
-    return {i: lexical.top_terms(lexicon, c - mean, n) for i, c in enumerate(block)}
+    return {i: lexical.top_terms(lexicon, c - mean, n) for i, c in zip(ids, block)}
 
 
 def _ratio(value, base):

@@ -5,7 +5,7 @@ and its DataFrame work lives in the stage's own module (ingest, embed, user_vect
 segment_profile, recommend). The command line is jobs/cli.py; the tables are jobs/tables.py.
 
 Commit order, so that readers never see a half-written run: a `runs` row `running` first; then
-quarantine, user_segments, segments, k_selection, segment_history (each replaces this run's
+quarantine, user_segments, segments, segment_lineage, k_selection, segment_history (each replaces this run's
 partition), user_vectors (replaced whole), lexical_terms, the recommendations; the `runs` row `succeeded`
 last. Readers take only succeeded runs; a rerun of the same run id replaces its partitions.
 """
@@ -19,9 +19,10 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import cluster, config, ingest, lexical, metrics, privacy, recommend, segment_profile, summary, tracking
+from jobs import (cluster, config, guided, ingest, lexical, metrics, privacy, recommend, segment_ids, segment_profile,
+                  summary, tracking)
 from jobs.delta_io import user_segments_properties
-from jobs.config import (ClusterConf, EmbedConf, LexicalConf, PrivacyConf, ProfileConf, RecommendConf,
+from jobs.config import (ClusterConf, EmbedConf, LexicalConf, PrivacyConf, ProfileConf, RecommendConf, SegmentIdsConf,
                          UserVectorsConf)
 from jobs.drift import drift_reference
 from jobs.embed import embed_model_id
@@ -61,6 +62,7 @@ class RunResult:
     model_path: str | None = None
     table_names: dict[str, str] = field(default_factory=dict)  # catalog names (output.catalog_schema)
     model: object = field(default=None, repr=False)  # the fitted MLlib model (for MLflow)
+    changes: dict | None = None  # segment ids against the previous run (jobs/segment_ids.Matching.changes)
     tracking: dict | None = None  # the MLflow run, when tracked
 
 
@@ -191,37 +193,149 @@ class Clusters:
     k_scores: list[dict]
     quality: dict
     cost: float
-    centers: np.ndarray
-    lineage: dict  # bisecting: segment id -> path of ids from the root
-    feature_params: dict  # privacy merges and the drift reference, for the assign job
+    centers: np.ndarray  # by model index
+    lineage: dict  # bisecting: segment id -> path of node ids from the root (the leaf: the segment id)
+    feature_params: dict  # privacy merges, the published ids and the drift reference, for the assign job
+    ids: segment_ids.Matching  # model index -> published segment id, and the lineage rows
+    guided: dict[int, str] = field(default_factory=dict)  # published id -> name (cluster.guided)
+
+    @property
+    def centroids(self) -> dict[int, np.ndarray]:
+        """Published segment id -> centroid."""
+        return {self.ids.ids[i]: c for i, c in enumerate(self.centers)}
 
 
 def cluster_stage(ctx: RunContext, u: Users, cc: ClusterConf, pc: PrivacyConf) -> Clusters:
     n_users = ctx.counts["users"]
     with ctx.stage("cluster") as facts:
-        groups = language_groups(ctx, u, cc)
-        fits = {g: fit_group(ctx, u.users.where(cluster.language_group(list(groups)) == g) if g else u.users,
-                             n, ks, cc) for g, (n, ks) in groups.items()}
-        if len(fits) == 1:
-            model, segment_groups = next(iter(fits.values())).model, None
-        else:  # one model, each user kept within their group's segments (cluster.assign)
-            model, segment_groups = cluster.concat_models(ctx.spark, {g: f.model for g, f in fits.items()},
-                                                          cc.distance)
-            facts["segments by language"] = ", ".join(f"{g} {len(ids)}" for g, ids in segment_groups.items())
+        fitted = fit_models(ctx, u, cc, facts)
+        model, segment_groups = fitted.model, fitted.segment_groups
         k = len(model.clusterCenters())  # (MLlib may return fewer centroids than k for few distinct points)
-        k_scores = [{**s, "lang": g} for g, f in fits.items() for s in f.k_scores]
         assigned = ctx.keep(cluster.assign(u.users, model, cc.distance, groups=segment_groups))
         assigned, privacy_note = min_segment_size(ctx, assigned, u.users, model, k, pc, cc.distance, segment_groups)
-        quality = {"silhouette": cluster.silhouette(assigned, cc.distance), **metrics.quality(assigned),
-                   **stability(ctx, fits, cc)}
+        centers = np.vstack(model.clusterCenters())
+        pub = publish(ctx, assigned, centers, u, cc, fitted.noise_thresholds)
+        assigned = pub.assigned
+        facts["segment ids"] = pub.ids.note
+        # Quality over the segments' members: noise (segment -1) is left out, and its share reported.
+        members = assigned.where(F.col("segment_id") >= 0) if pub.outlier_mode == "noise" else assigned
+        quality = {"silhouette": cluster.silhouette(members, cc.distance), **metrics.quality(members),
+                   **(stability(ctx, fitted.fits, cc) if cc.algorithm != "hdbscan" else {"stability_ari": None, "stable": None}),
+                   **outlier_share(assigned, n_users, pub.outlier_mode)}
         cost = cluster.total_cost(assigned, cc.distance)  # every user's, not the fit sample's
         model_path = f"{ctx.lake.root}/models/{ctx.run_id}"
         model.write().overwrite().save(model_path)
-        lineage = cluster.bisecting_tree(ctx.spark, model_path) if cc.algorithm == "bisecting" else {}
+        ids = pub.ids.ids
+        lineage = ({ids[leaf]: path[:-1] + [ids[leaf]] for leaf, path in cluster.bisecting_tree(ctx.spark, model_path).items()}
+                   if cc.algorithm == "bisecting" else {})
         facts["users assigned"] = n_users
     groups_note = {"segment_groups": segment_groups} if segment_groups else {}
-    return Clusters(assigned, model, model_path, k, k_scores, quality, cost, np.vstack(model.clusterCenters()),
-                    lineage, {**privacy_note, **groups_note, "drift_reference": drift_reference(assigned)})
+    # Model indexes stay in what the assign job feeds back to the model (allowed, groups);
+    # what readers see is in published ids.
+    for key in ("suppressed_segments", "merged_segments"):
+        if key in privacy_note:
+            privacy_note[key] = segment_ids.published_list(privacy_note[key], ids)
+    return Clusters(assigned, model, model_path, k, fitted.k_scores, quality, cost, centers, lineage,
+                    {**privacy_note, **groups_note, **pub.params, "drift_reference": drift_reference(assigned)},
+                    pub.ids, {ids[i]: name for i, name in fitted.guided_at.items()})
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """The cluster stage's models: one (per-language fits concatenated), how each was chosen,
+    where the guided segments are (model index -> name), hdbscan's noise distances."""
+
+    model: object
+    segment_groups: dict | None
+    fits: dict
+    k_scores: list[dict]
+    guided_at: dict[int, str]
+    noise_thresholds: dict[int, float] | None = None
+
+
+def fit_models(ctx: RunContext, u: Users, cc: ClusterConf, facts: dict) -> Fitted:
+    """The fits: hdbscan on a sample, or KMeans / bisecting per language group (guided seeds
+    first), concatenated into one model."""
+    if cc.algorithm == "hdbscan":
+        n = ctx.counts["users"]
+        model, thresholds = cluster.fit_hdbscan(u.users, n, sample_size=cc.hdbscan_sample_size,
+                                                min_cluster_size=cc.hdbscan_min_cluster_size, seed=cc.seed,
+                                                distance=cc.distance)
+        k = len(model.clusterCenters())
+        return Fitted(model, None, {None: GroupFit(k, [], model, None, u.users, n)}, [], {}, thresholds)
+    groups = language_groups(ctx, u, cc)
+    seeds = guided_seeds(ctx, u, cc, list(groups))
+    fits = {g: fit_group(ctx, u.users.where(cluster.language_group(list(groups)) == g) if g else u.users,
+                         n, ks, cc, seeds.get(g, [])) for g, (n, ks) in groups.items()}
+    if len(fits) == 1:
+        model, segment_groups = next(iter(fits.values())).model, None
+    else:  # one model, each user kept within their group's segments (cluster.assign)
+        model, segment_groups = cluster.concat_models(ctx.spark, {g: f.model for g, f in fits.items()}, cc.distance)
+        facts["segments by language"] = ", ".join(f"{g} {len(ids)}" for g, ids in segment_groups.items())
+    # A group's guided seeds are its model's first centroids (jobs/cluster.fit, seeds).
+    guided_at = {(segment_groups[g][0] if segment_groups else 0) + i: s.name
+                 for g, group_seeds in seeds.items() for i, s in enumerate(group_seeds)}
+    if guided_at:
+        facts["guided segments"] = ", ".join(guided_at.values())
+    return Fitted(model, segment_groups, fits, [{**s, "lang": g} for g, f in fits.items() for s in f.k_scores],
+                  guided_at)
+
+
+@dataclass(frozen=True)
+class Published:
+    """The assignment as readers see it: published ids, memberships, outliers; and what the
+    assign job needs to publish its users the same way (`params`, into feature_params)."""
+
+    assigned: DataFrame
+    ids: segment_ids.Matching
+    outlier_mode: str
+    params: dict
+
+
+def publish(ctx: RunContext, assigned: DataFrame, centers: np.ndarray, u: Users, cc: ClusterConf,
+            noise_thresholds: dict[int, float] | None) -> Published:
+    """Model indexes -> stable ids (matched to the previous run), soft memberships (a
+    temperature fitted on this run's users), outlier flags: each segment's distance quantile,
+    or hdbscan's noise distances (then outliers are noise)."""
+    temperature = cluster.fit_temperature(assigned, centers, cc.distance, seed=cc.seed)
+    ids = stable_ids(ctx, assigned, centers, u.feature_params, SegmentIdsConf.of(ctx.conf))
+    out = cluster.memberships(segment_ids.relabel(assigned, ids.ids, "segment_id", "second_segment_id",
+                                                  "third_segment_id"), temperature, cc.distance)
+    if noise_thresholds is not None:
+        mode, thresholds = "noise", {ids.ids[i]: t for i, t in noise_thresholds.items()}
+    else:
+        mode, thresholds = cc.outlier_mode, cluster.outlier_thresholds(out, cc.outlier_quantile)
+    out = ctx.keep(cluster.flag_outliers(out, thresholds, mode))
+    return Published(out, ids, mode, {
+        "segment_ids": ids.ids, "next_segment_id": ids.next_id, "membership_temperature": temperature,
+        "outlier_thresholds": {str(sid): t for sid, t in thresholds.items()}, "outlier_mode": mode})
+
+
+def guided_seeds(ctx: RunContext, u: Users, cc: ClusterConf, groups: list[str | None]) -> dict:
+    """cluster.guided's descriptions as seed centroids, by language group (jobs/guided.py)."""
+    if not cc.guided:
+        return {}
+    ec = EmbedConf.of(ctx.conf)
+    seeds = guided.seed_vectors(ctx.spark, cc.guided, model_path=ec.model_path, embed_settings=ec.settings,
+                                params=u.feature_params, lexicon=u.lexicon,
+                                max_tokens=ctx.conf["clean"]["max_tokens"], max_chars=ctx.conf["clean"]["max_chars"])
+    return guided.by_group(seeds, groups, cluster.OTHER)
+
+
+def outlier_share(assigned: DataFrame, n_users: int, mode: str) -> dict:
+    """How many users are outliers, and in noise mode their share."""
+    n = assigned.where(F.col("outlier")).count()
+    return {"outliers": n, "noise_share": n / max(n_users, 1) if mode == "noise" else None}
+
+
+def stable_ids(ctx: RunContext, assigned: DataFrame, centers: np.ndarray, params: dict,
+               sc: SegmentIdsConf) -> segment_ids.Matching:
+    """This run's published segment ids, matched to the previous succeeded run's
+    (jobs/segment_ids.py); model indexes 0..k-1 on a first run."""
+    signature = segment_ids.space_signature(embed_model_id(EmbedConf.of(ctx.conf)), params,
+                                            ClusterConf.of(ctx.conf).distance)
+    previous = segment_ids.previous_run(ctx.lake, ctx.run_id, signature)
+    return segment_ids.match_run(assigned, centers, params, previous, sc)
 
 
 def language_groups(ctx: RunContext, u: Users, cc: ClusterConf) -> dict[str | None, tuple[int, int | str]]:
@@ -267,17 +381,25 @@ class GroupFit:
     n_users: int
 
 
-def fit_group(ctx: RunContext, users: DataFrame, n_users: int, k: int | str, cc: ClusterConf) -> GroupFit:
-    """k by the sweep's rule (k "auto") or as given, then the final fit of the group's users."""
+def fit_group(ctx: RunContext, users: DataFrame, n_users: int, k: int | str, cc: ClusterConf,
+              seeds: list | None = None) -> GroupFit:
+    """k by the sweep's rule (k "auto") or as given, then the final fit of the group's users
+    (`seeds`: guided segments, its first centroids; k is raised to leave one discovered)."""
     k_scores, model, sample = [], None, None
     if k == "auto":
         k, k_scores, model, sample = cluster.sweep_k(
             users, cc.k_min, cc.k_max, n_users=n_users, sample_size=cc.sample_size,
             tolerance=cc.k_tolerance, **cc.fit_settings)
         ctx.keep(sample)  # (already persisted by the sweep: released with the rest)
-    if model is None:  # the sweep's model is reused when it already saw every user
+    if seeds and k <= len(seeds):
+        log.info("cluster.guided: k=%d raised to %d (the %d guided segments and one discovered)", k, len(seeds) + 1,
+                 len(seeds))
+        k, model = len(seeds) + 1, None
+    if model is None or seeds:  # the sweep's model is reused when it already saw every user (unguided)
         model = cluster.fit_on_sample(users, k, n_users=n_users, sample_size=cc.fit_sample_size,
-                                      final_n_init=cc.final_n_init, **cc.fit_settings)
+                                      final_n_init=cc.final_n_init,
+                                      seeds=np.vstack([s.vector for s in seeds]) if seeds else None,
+                                      **cc.fit_settings)
     return GroupFit(k, k_scores, model, sample, users, n_users)
 
 
@@ -344,13 +466,15 @@ def profile_stage(ctx: RunContext, embedded: Embedded, events: DataFrame | None,
                   prc: ProfileConf, pc: PrivacyConf) -> Profiles:
     with ctx.stage("profile", rate=False) as facts:
         terms = ctx.keep(segment_profile.user_terms(embedded.texts, prc.bigrams))
+        # (noise, segment -1 with cluster.outlier_mode noise, is no segment: no profile row)
         segments = ctx.keep(segment_profile.profile_segments(
-            cl.assigned, embedded.texts, terms, events, cl.centers, text_dim=embedded.dim,
+            cl.assigned.where(F.col("segment_id") >= 0), embedded.texts, terms, events, cl.centroids, text_dim=embedded.dim,
             top_terms_n=prc.top_terms, representative_n=prc.representative_texts,
             top_categories_n=prc.top_categories, typical_n=prc.typical_users))
-        lex_terms = segment_profile.lexical_terms(cl.centers, u.lexicon, u.feature_params, prc.top_terms)
+        lex_terms = segment_profile.lexical_terms(cl.centroids, u.lexicon, u.feature_params, prc.top_terms)
         names = segment_profile.name_segments([{**r.asDict(recursive=True), "lexical_terms": lex_terms.get(r.segment_id)}
                                                for r in segments.drop("centroid").collect()])
+        names.update({sid: name for sid, name in cl.guided.items() if sid in names})  # guided segments keep theirs
         lineage = cl.lineage
         extra = ctx.spark.createDataFrame(
             [(sid, names[sid], lineage[sid][-2] if len(lineage.get(sid, [])) > 1 else None, lineage.get(sid),
@@ -371,7 +495,8 @@ def profile_stage(ctx: RunContext, embedded: Embedded, events: DataFrame | None,
         user_segments = segment_profile.explain_users(cl.assigned, terms, segments).select(
             F.lit(ctx.run_id).alias("run_id"), "user_id", F.col("segment_id").cast("int"), "distance",
             F.col("second_segment_id").cast("int"), "second_distance", "margin", "matched_terms",
-            "n_texts", "n_events", "lang", F.current_timestamp().alias("assigned_at"),
+            "n_texts", "n_events", "lang", "top_segment_ids", "memberships", "outlier",
+            F.current_timestamp().alias("assigned_at"),
             F.lit(ctx.run_id).alias("assigned_by"))
         projection = project_2d(cl.assigned, ctx.conf["cluster"]["seed"])
     return Profiles(terms, segments, rows, user_segments, projection)
@@ -420,7 +545,8 @@ def recommend_stage(ctx: RunContext, events: DataFrame | None, cl: Clusters, pr:
             top.setdefault(r["segment_id"], []).append(r["item_id"])
         facts["segments"] = len(top)
         # Everything a user interacted with counts as consumed (views too).
-        user_recs = recommend.recommend_for_users(cl.assigned, scores, events, rc.top_n) if rc.user_table else None
+        for_users = recommend.recommend_blended if rc.blend_memberships else recommend.recommend_for_users
+        user_recs = for_users(cl.assigned, scores, events, rc.top_n) if rc.user_table else None
     return Recommendations(recs, user_recs, top)
 
 
@@ -439,6 +565,8 @@ def write_stage(ctx: RunContext, ing: Ingested, u: Users, cl: Clusters, pr: Prof
         ctx.crash_point("after_user_segments")
         written.update({
             "segments": lake.write_run("segments", pr.segments.select(F.lit(rid).alias("run_id"), "*"), rid),
+            "segment_lineage": lake.write_run(
+                "segment_lineage", lake.rows("segment_lineage", [{"run_id": rid, **r} for r in cl.ids.lineage]), rid),
             "k_selection": lake.write_run("k_selection", lake.rows("k_selection", k_rows), rid),
             "segment_history": lake.write_run(
                 "segment_history", history_rows(pr.user_segments.select("user_id", "segment_id"), None, rid, rid), rid),
@@ -491,7 +619,7 @@ def run_result(ctx: RunContext, tables: dict[str, str], embedded: Embedded, cl: 
         cost=cl.cost, k_selection=cl.k_scores, stage_seconds=ctx.timings,
         # Texts/s through the model (cache hits are not counted: they cost no inference).
         embed_texts_per_s=ctx.counts["texts_embedded_new"] / max(ctx.timings["embed"], 1e-9),
-        segments=segments, quality=cl.quality, model_path=cl.model_path, model=cl.model,
+        segments=segments, quality=cl.quality, model_path=cl.model_path, model=cl.model, changes=cl.ids.changes(),
         table_names=ctx.lake.register(schema, list(tables)) if schema else {})
 
 

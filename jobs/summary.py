@@ -51,6 +51,17 @@ def render(res: Any) -> str:
     if q.get("stability_ari") is not None:
         verdict = "stable" if q.get("stable") else "UNSTABLE: segments depend on the seed"
         lines.append(f"stability: mean pairwise ARI across seeds {q['stability_ari']:.3f} ({verdict})")
+    changes = getattr(res, "changes", None)
+    if changes:
+        lines.append(changes["note"])
+        for r in changes.get("lineage") or []:
+            if r["relation"] != "same" and changes.get("previous_run_id"):
+                lines.append(f"    {r['relation']:<8} {r['segment_id']:>3}"
+                             + (f" <- {', '.join(map(str, r['previous_ids']))}" if r["relation"] != "retired" and r["previous_ids"] else "")
+                             + (f" -> {', '.join(map(str, r['successor_ids']))}" if r.get("successor_ids") else ""))
+    if q.get("outliers") is not None:
+        lines.append(f"outliers: {q['outliers']} users beyond their segment's distance quantile"
+                     + (f" (noise, segment -1: {q['noise_share']:.1%} of users)" if q.get("noise_share") is not None else ""))
     lines.append("")
     lines.append(f"{'seg':>3} {'users':>6} {'share':>6}  name")
     for s in res.segments:
@@ -114,7 +125,8 @@ def write_report(conf: dict, res: Any, started: datetime, projection: list[dict]
         return None
     from jobs import report
 
-    html = report.render_report(run_facts(conf, res, started), res.k_selection, res.segments, projection)
+    html = report.render_report(run_facts(conf, res, started), res.k_selection, res.segments, projection,
+                                getattr(res, "changes", None))
     path = f"{res.output}/reports/{res.run_id}.html"
     if ingest.is_local_path(path):
         return report.write_report(html, path)

@@ -59,7 +59,8 @@ _TABLES = (
     Table("user_segments", struct(
         run_id=STRING, user_id=STRING, segment_id=INT, distance=DOUBLE, second_segment_id=INT,
         second_distance=DOUBLE, margin=DOUBLE, matched_terms=array(STRING), n_texts=LONG, n_events=LONG,
-        lang=STRING, assigned_at=TIMESTAMP, assigned_by=STRING),
+        lang=STRING, assigned_at=TIMESTAMP, assigned_by=STRING, top_segment_ids=array(INT), memberships=array(DOUBLE),
+        outlier=BOOL),
         "run_id", (SEGMENT, ASSIGN), "each user's segment under a model run (assign MERGEs into it)",
         keys=("run_id", "user_id")),
     Table("segments", struct(
@@ -70,6 +71,12 @@ _TABLES = (
         top_category_shares=array(DOUBLE), top_category_lifts=array(DOUBLE), centroid=array(DOUBLE),
         suppressed=BOOL, lexical_terms=array(STRING)),
         "run_id", (SEGMENT,), "one profile per segment: name, size, terms, texts, behaviour, centroid"),
+    Table("segment_lineage", struct(
+        run_id=STRING, segment_id=INT, relation=STRING, previous_run_id=STRING, previous_ids=array(INT),
+        overlap_shares=array(DOUBLE), previous_shares=array(DOUBLE), successor_ids=array(INT),
+        successor_shares=array(DOUBLE), size=LONG, common_users=LONG, centroid_similarity=DOUBLE),
+        "run_id", (SEGMENT,), "each run's segments against the previous run's: same, split, merged, new, "
+        "retired, with the member overlaps (jobs/segment_ids.py)"),
     Table("k_selection", struct(
         run_id=STRING, k=INT, silhouette=DOUBLE, cost=DOUBLE, wssse=DOUBLE, davies_bouldin=DOUBLE,
         calinski_harabasz=DOUBLE, min_share=DOUBLE, max_share=DOUBLE, size_entropy=DOUBLE, sample_size=LONG,

@@ -270,8 +270,10 @@ def test_drift_is_flagged_and_refit(spark, tiny_model, full_lake, tmp_path, caps
     texts = _csv(tmp_path / "new" / "texts.csv", "user_id,text,ts,item_id,lang", zh)
     conf = _conf(tmp_path, tiny_model)
     profile = tmp_path / "conf.yaml"
-    profile.write_text(yaml.safe_dump({k: conf[k] for k in ("input", "embed", "cluster", "drift", "user_vectors", "tracking")}
-                                      | {"output": {"report": False}}), encoding="utf-8")
+    # The re-fit with another seed: its segments keep the model run's ids (jobs/segment_ids.py).
+    profile.write_text(yaml.safe_dump({k: conf[k] for k in ("input", "embed", "drift", "user_vectors", "tracking")}
+                                      | {"cluster": {**conf["cluster"], "seed": 7}, "output": {"report": False}}),
+                       encoding="utf-8")
     rc = cli.assign_main(["--conf", str(profile), "--output", str(lake), "--texts", texts, "--run-id", "d1",
                       "--refit-if-drifted"])
     out = capsys.readouterr().out
@@ -282,7 +284,16 @@ def test_drift_is_flagged_and_refit(spark, tiny_model, full_lake, tmp_path, caps
     runs = _table(lake / "runs")
     assert len(runs) == 2 and (runs.status == "succeeded").all()  # the original full run and the re-fit
     refit = runs[runs.run_id != "full1"].run_id.iloc[0]
-    assert len(_segments(lake, refit)) == 30
+    new, old = _segments(lake, refit), _segments(lake, "full1")
+    assert len(new) == 30
+    old = old.loc[new.index]  # (the model run's partition also holds the 12 users d1 placed)
+    # The three planted groups again, found from another seed: every user keeps their id.
+    assert pd.crosstab(new.segment_id, old.segment_id).gt(0).sum(axis=1).eq(1).all()
+    assert (new.segment_id == old.segment_id).all()
+    lineage = _table(lake / "segment_lineage").set_index("run_id")
+    assert set(lineage.loc[refit].relation) == {"same"} and (lineage.loc[refit].previous_run_id == "full1").all()
+    assert set(lineage.loc["full1"].relation) == {"new"} and lineage.loc["full1"].previous_run_id.isna().all()
+    assert "segment ids matched to run full1: 3 same; 100.0% of the 30 returning users kept their id" in out
 
 
 def test_psi_and_judge():

@@ -193,3 +193,70 @@ def test_per_language_model_keeps_users_within_their_language(spark, blobs):
     assert got["p-fr"] == 2 and got["p-en"] == 0
     got = {r.user_id: r.segment_id for r in cluster.assign(probe, model, allowed=[0, 1, 2], groups=groups).collect()}
     assert got["p-zh"] == 0
+
+
+def test_memberships_and_outliers(blobs):
+    """Soft membership: the three nearest segments, probabilities summing to 1, nearest
+    first; a user half-way between two centroids splits evenly. Outliers: beyond their
+    segment's distance quantile; noise mode puts them in segment -1."""
+    model = cluster.fit(blobs, 4, seed=42)
+    centers = np.vstack(model.clusterCenters())
+    assigned = cluster.assign(blobs, model)
+    t = cluster.fit_temperature(assigned, centers, "euclidean")
+    # Within-group noise is 0.3 per coordinate: the fitted 2 sigma^2 is of that order (0.18),
+    # far below counting all 8 dimensions' scatter as one (8 x 0.09 = 0.72).
+    assert 0.05 < t < 0.5
+    rows = cluster.memberships(assigned, t, "euclidean").collect()
+    for r in rows:
+        assert len(r.top_segment_ids) == len(r.memberships) == 3 and r.top_segment_ids[0] == r.segment_id
+        assert sum(r.memberships) == pytest.approx(1.0) and list(r.memberships) == sorted(r.memberships, reverse=True)
+    a, b = centers[0], centers[1]
+    mid = blobs.sparkSession.createDataFrame([("mid", Vectors.dense((a + b) / 2), 0, "en", 1, 1)], blobs.columns)
+    m = cluster.memberships(cluster.assign(mid, model), t, "euclidean").first()
+    assert set(m.top_segment_ids[:2]) == {0, 1} and m.memberships[0] == pytest.approx(0.5, abs=1e-3)
+    assert m.memberships[2] < 1e-6
+    # Outliers: the farthest 10% of each segment; a far-away user in noise mode.
+    thresholds = cluster.outlier_thresholds(assigned, 0.9)
+    assert set(thresholds) == {0, 1, 2, 3}
+    flagged = cluster.flag_outliers(assigned, thresholds).collect()
+    assert 4 <= sum(r.outlier for r in flagged) <= 20 and {r.segment_id for r in flagged} == {0, 1, 2, 3}
+    for r in flagged:
+        assert r.outlier == (r.distance > thresholds[r.segment_id])
+    far = blobs.sparkSession.createDataFrame([("far", Vectors.dense(centers[2] + 3.0), 0, "en", 1, 1)], blobs.columns)
+    noise = cluster.flag_outliers(cluster.assign(far, model), thresholds, "noise").first()
+    assert noise.outlier and noise.segment_id == -1 and noise.second_segment_id is not None
+
+
+def test_driver_fit_keeps_guided_seeds_first():
+    """Guided seeds are centres 0..g-1 of the fit and end at their members' mean; the other
+    centres are discovered (k-means++ given the seeds)."""
+    from jobs import driver_kmeans
+
+    rng = np.random.default_rng(1)
+    truth = np.eye(6)[:4] * 5
+    x = np.vstack([truth[g] + rng.normal(0, 0.3, (40, 6)) for g in range(4)])
+    seed = truth[2] * 0.6 + 0.4  # a rough description of group 2
+    for cosine in (False, True):
+        centers, _ = driver_kmeans.fit(x, 4, n_init=3, seed=0, cosine=cosine, fixed=seed[None, :])
+        target = truth[2] / np.linalg.norm(truth[2]) if cosine else truth[2]
+        assert np.linalg.norm(centers[0] - target) < 0.2  # moved from the seed to group 2's mean
+        nearest = sorted(int(np.argmin(np.linalg.norm(truth - c, axis=1))) for c in centers)
+        assert nearest == [0, 1, 2, 3]  # and the other three groups were found
+
+
+def test_hdbscan_on_a_sample_assigns_everyone_or_noise(blobs):
+    """cluster.algorithm hdbscan: HDBSCAN on the (here whole) sample, exemplars as a KMeans
+    model; every user goes to the nearest, and past the cluster's farthest member to noise."""
+    model, thresholds = cluster.fit_hdbscan(blobs, 120, sample_size=120, min_cluster_size=10)
+    rows = cluster.assign(blobs, model).collect()
+    assert len(model.clusterCenters()) == 4 and _groups_match(rows) and set(thresholds) == {0, 1, 2, 3}
+    flagged = cluster.flag_outliers(cluster.assign(blobs, model), thresholds, "noise").collect()
+    assert sum(r.segment_id == -1 for r in flagged) <= 12  # at most the tails HDBSCAN left as noise
+    centers = np.vstack(model.clusterCenters())
+    far = blobs.sparkSession.createDataFrame([("far", Vectors.dense(centers[1] + 2.0), 0, "en", 1, 1)], blobs.columns)
+    assert cluster.flag_outliers(cluster.assign(far, model), thresholds, "noise").first().segment_id == -1
+    with pytest.raises(ValueError, match="cannot hold two clusters"):
+        cluster.fit_hdbscan(blobs, 120, sample_size=120, min_cluster_size=200)
+    one = blobs.where("truth = 0")  # one dense group: HDBSCAN finds no two clusters in it
+    with pytest.raises(ValueError, match=r"hdbscan found [01] cluster"):
+        cluster.fit_hdbscan(one, 30, sample_size=30, min_cluster_size=10)

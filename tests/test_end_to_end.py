@@ -423,3 +423,40 @@ def test_log_level_flag(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--log-level", "LOUD"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_guided_refit_on_the_sample_captures_parenting_and_keeps_ids(spark, sample_run, tmp_path):
+    """A refit of the sample into the same lake (the embedding cache serves every text) with
+    a guided segment: it captures the planted English parenting users, keeps its name, and the
+    segments that did not change keep their ids (jobs/segment_ids.py)."""
+    import shutil
+
+    from sklearn.metrics import adjusted_rand_score
+
+    first, lake = sample_run
+    shutil.copytree(lake, tmp_path / "lake")
+    guided = [{"name": "new parents", "describe": "baby, diapers, stroller, newborn, toddler, kids"}]
+    res = run(spark, _conf(tmp_path, run_id="guided", input__texts__path=str(SAMPLE / "texts.csv"),
+                           input__events__path=str(SAMPLE / "events.csv"), cluster__guided=guided))
+    labels = pd.read_csv(SAMPLE / "labels.csv", dtype=str).set_index("user_id")[["group"]]
+    us = _table(tmp_path / "lake" / "user_segments")
+    new = us[us.run_id == "guided"].set_index("user_id").join(labels)
+    segs = _table(tmp_path / "lake" / "segments")
+    segs = segs[segs.run_id == "guided"]
+    assert (segs.name == "new parents").sum() == 1
+    sid = int(segs[segs.name == "new parents"].segment_id.iloc[0])
+    en = new[new.lang == "en"]
+    ari = adjusted_rand_score(en.group == "parenting", en.segment_id == sid)
+    print(f"\nguided 'new parents': ARI on English parenting users {ari:.3f}; {res.changes['note']}")
+    assert ari >= 0.9
+    # Soft membership: the top three segments' probabilities sum to 1, nearest first.
+    assert np.allclose([sum(m) for m in new.memberships], 1.0)
+    assert (new.top_segment_ids.map(lambda t: t[0]) == new.segment_id).all()
+    # The ids: matched to the first run; the users both runs share mostly keep theirs.
+    old = us[us.run_id == "e2e"].set_index("user_id").segment_id
+    kept = (new.segment_id == old.loc[new.index]).mean()
+    assert res.changes["previous_run_id"] == "e2e" and kept == pytest.approx(res.changes["kept_share"])
+    assert kept >= 0.9
+    lineage = _table(tmp_path / "lake" / "segment_lineage")
+    assert set(lineage[lineage.run_id == "guided"].segment_id) >= set(segs.segment_id)

@@ -168,9 +168,9 @@ def test_segments_are_named_and_explained_by_their_lexical_centre():
     w = 0.25
     centers = np.array([[0.1, 0.2, *(np.sqrt(w) * np.array([1.0, 0.0, 0.0]))],
                         [0.3, 0.1, *(np.sqrt(w) * np.array([0.0, 1.0, 0.0]))]])
-    terms = lexical_terms(centers, lex, {"text_dim": 2, "lexical_weight": w})
+    terms = lexical_terms(dict(enumerate(centers)), lex, {"text_dim": 2, "lexical_weight": w})
     assert terms == {0: ["battery"], 1: ["pizza"]}
-    assert lexical_terms(centers, None, {"text_dim": 2, "lexical_weight": 0.0}) == {}
+    assert lexical_terms(dict(enumerate(centers)), None, {"text_dim": 2, "lexical_weight": 0.0}) == {}
     names = name_segments([{"segment_id": 0, "size": 3, "top_terms": [], "lexical_terms": terms[0]},
                            {"segment_id": 1, "size": 3, "top_terms": ["noodles"], "lexical_terms": terms[1]}])
     assert names == {0: "battery", 1: "noodles, pizza"}

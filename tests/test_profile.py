@@ -46,7 +46,7 @@ def test_ctfidf_terms_are_distinctive(data):
 def test_representative_texts_nearest_to_centroid(data):
     users, texts, _ = data
     centers = np.array([[1.0, 0.0, 9.0], [0.0, 1.0, 9.0], [1.0, 0.0, 9.0]])  # extra dim = behaviour part
-    rows = {r.segment_id: r.representative_texts for r in representative_texts(texts, users, centers, 2, 2).collect()}
+    rows = {r.segment_id: r.representative_texts for r in representative_texts(texts, users, dict(enumerate(centers)), 2, 2).collect()}
     assert rows[0] == ["red dress soft fabric", "red dress fits well"]
     assert rows[1] == ["phone battery lasts long", "phone battery fast delivery"]
     assert len(rows[2]) == 1  # duplicates count once
@@ -64,7 +64,7 @@ def test_behaviour_profile(data):
 def test_profile_segments_one_row_per_segment(data):
     users, texts, events = data
     centers = np.array([[1.0, 0.0, 0.1], [0.0, 1.0, 0.1], [1.0, 0.0, 0.1]])
-    rows = profile_segments(users, texts, user_terms(texts), events, centers, text_dim=2).collect()
+    rows = profile_segments(users, texts, user_terms(texts), events, dict(enumerate(centers)), text_dim=2).collect()
     assert [r.segment_id for r in rows] == [0, 1, 2]
     seg2 = rows[2]
     assert seg2.n_events == 0 and seg2.events_per_user == 0 and seg2.top_categories == []
@@ -74,7 +74,7 @@ def test_profile_segments_one_row_per_segment(data):
 def test_explain_users_matched_terms(data):
     users, texts, events = data
     terms = user_terms(texts)
-    segs = profile_segments(users, texts, terms, events, np.zeros((3, 2)), text_dim=2)
+    segs = profile_segments(users, texts, terms, events, dict(enumerate(np.zeros((3, 2)))), text_dim=2)
     rows = {r.user_id: r for r in explain_users(users, terms, segs).collect()}
     assert "red" in rows["a1"].matched_terms and "phone" not in rows["a1"].matched_terms
     assert "phone" in rows["b1"].matched_terms

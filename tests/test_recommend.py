@@ -130,3 +130,20 @@ def test_reason_terms_and_table(spark):
     assert [(r.segment_id, r["rank"]) for r in rows] == [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3), (2, 1), (2, 2)]
     by_item = {(r.segment_id, r.item_id): r.reason_terms for r in rows}
     assert by_item[(0, "shoe-0")] == ["comfy", "sole"] and by_item[(1, "phone-0")] == []
+
+
+def test_blended_lists_mix_segments_by_membership(spark):
+    """recommend.blend_memberships: a user 60/40 between two segments gets both segments'
+    items, ranked by membership-weighted score, minus what they consumed."""
+    scores = spark.createDataFrame(
+        [(0, 1, "a", 1.0), (0, 2, "b", 0.5), (1, 1, "x", 1.0), (1, 2, "y", 0.9)],
+        "segment_id int, rank int, item_id string, score double")
+    users = spark.createDataFrame(
+        [("u", 0, [0, 1], [0.6, 0.4]), ("v", 1, [1], [1.0])],
+        "user_id string, segment_id int, top_segment_ids array<int>, memberships array<double>")
+    consumed = spark.createDataFrame([("u", "b")], "user_id string, item_id string")
+    got = recommend.recommend_blended(users, scores, consumed, 3).orderBy("user_id", "rank").collect()
+    u = [(r.item_id, round(r.score, 3)) for r in got if r.user_id == "u"]
+    assert u == [("a", 0.6), ("x", 0.4), ("y", 0.36)]  # b consumed; 0.4 x 1.0 and 0.4 x 0.9 from segment 1
+    assert {r.segment_id for r in got if r.user_id == "u"} == {0}  # the own segment
+    assert [r.item_id for r in got if r.user_id == "v"] == ["x", "y"]
