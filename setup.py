@@ -38,5 +38,6 @@ setup(
     },
     entry_points={"console_scripts": ["seglake-segment=jobs.cli:segment_main", "seglake-explain=jobs.explain:main",
                                         "seglake-assign=jobs.cli:assign_main", "seglake-delta-jars=jobs.delta_jars:main",
-                                        "seglake-maintain=jobs.maintain:main"]},
+                                        "seglake-maintain=jobs.maintain:main",
+                                        "seglake-finetune=jobs.cli:finetune_main"]},
 )

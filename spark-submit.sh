@@ -2,14 +2,14 @@
 # Run a SegLake job through spark-submit: the full segmentation job (default) or, with
 # `--job assign`, the incremental assign job (jobs/assign.py).
 #
-#   ./spark-submit.sh [--job segment|assign] [spark-submit options] [job options]
+#   ./spark-submit.sh [--job segment|assign|finetune] [spark-submit options] [job options]
 #
 # Spark options (--master, --deploy-mode, --conf key=value, --executor-memory, --num-executors,
 # --jars, --archives, --files, --name, --queue, ...) are passed to spark-submit; everything else
 # goes to the job (see `python -m jobs.cli segment --help` / `python -m jobs.cli assign --help`). `--conf` with a key=value is a
 # Spark setting; `--conf FILE.yaml` is the job's conf profile, which is shipped with --files.
 # Local mode (local[2]) is the default when no --master is given.
-#   --job NAME       segment (default) or assign
+#   --job NAME       segment (default), assign, or finetune (jobs/finetune.py)
 #   --dry-run        print the spark-submit command instead of running it
 #   --python PATH    Python for the driver and executors (default: .venv/bin/python if present)
 #   --no-delta       the cluster provides Delta itself (its image or spark-defaults): add nothing
@@ -57,8 +57,8 @@ while [ $# -gt 0 ]; do
     --dry-run) dry_run=1; shift ;;
     --job)
       case "$2" in
-        segment|assign) job="$2" ;;
-        *) echo "spark-submit.sh: --job must be segment or assign, got '$2'" >&2; exit 2 ;;
+        segment|assign|finetune) job="$2" ;;
+        *) echo "spark-submit.sh: --job must be segment, assign or finetune, got '$2'" >&2; exit 2 ;;
       esac
       shift 2 ;;
     --python) python_bin="$2"; shift 2 ;;

@@ -7,7 +7,8 @@ defaults (conf/local.yaml, k auto) and the packaged model (or --model tiny):
   A  the base: the sample minus a --share of its users and minus a --share of the
      remaining users' texts (the users and texts that arrive later);
   B  the same input as A, another cluster.seed: a refit that should change nothing;
-  C  the whole sample: A's input plus the new users and the new texts.
+  C  the whole sample: A's input plus the new users and the new texts;
+  D  A's input with a guided segment ("new parents": baby, diapers, stroller, ...).
 
 B and C each run into their own copy of A's lake (its embedding cache too), so each is
 matched against A. Reported for each: the share of the users present in both runs whose
@@ -84,6 +85,23 @@ def compare(lake: Path, before: str, after: str) -> dict:
             "relations": lin.relation.value_counts().to_dict(), "k": (a.nunique(), b.nunique())}
 
 
+GUIDED = [{"name": "new parents", "describe": "baby, diapers, stroller, newborn, toddler, kids"}]
+
+
+def guided_capture(lake: Path, run_id: str) -> dict:
+    """ARI between "in the guided segment" and "planted parenting", over English users."""
+    from deltalake import DeltaTable
+    from sklearn.metrics import adjusted_rand_score
+
+    labels = pd.read_csv(REPO / "data" / "sample" / "labels.csv", dtype=str).set_index("user_id")[["group"]]
+    us = DeltaTable(str(lake / "user_segments")).to_pandas(filters=[("run_id", "=", run_id)]).set_index("user_id")
+    segs = DeltaTable(str(lake / "segments")).to_pandas(filters=[("run_id", "=", run_id)])
+    sid = int(segs[segs.name == GUIDED[0]["name"]].segment_id.iloc[0])
+    en = us[us.lang == "en"].join(labels)
+    return {"ari": float(adjusted_rand_score(en.group == "parenting", en.segment_id == sid)),
+            "members": int((en.segment_id == sid).sum()), "planted": int((en.group == "parenting").sum())}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", choices=("minilm", "tiny"), default="minilm")
@@ -110,10 +128,10 @@ def main(argv: list[str] | None = None) -> int:
 
         model = make_tiny_bert(work / "tiny-bert")
 
-    def conf(data: Path, lake: Path, run_id: str, seed: int) -> dict:
+    def conf(data: Path, lake: Path, run_id: str, seed: int, guided: list | None = None) -> dict:
         base = {"input": {"texts": {"path": str(data / "texts.csv")}, "events": {"path": str(data / "events.csv")}},
                 "output": {"root": str(lake), "report": False}, "embed": {"model_path": model},
-                "cluster": {"seed": seed}, "tracking": {"mlflow": False}, "run_id": run_id,
+                "cluster": {"seed": seed, "guided": guided or []}, "tracking": {"mlflow": False}, "run_id": run_id,
                 "spark": {"conf": {"spark.ui.showConsoleProgress": "false"}}}
         return config.load(str(REPO / "conf" / "local.yaml"), base)
 
@@ -123,13 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     full_run(spark, first)
     seconds["A"] = time.perf_counter() - t
-    for name, data, seed in (("B", inputs["base"], 43), ("C", inputs["full"], 42)):
+    for name, data, seed, guided in (("B", inputs["base"], 43, None), ("C", inputs["full"], 42, None),
+                                     ("D", inputs["base"], 42, GUIDED)):
         lake = work / f"lake-{name}"
         shutil.copytree(work / "lake-A", lake)
         t = time.perf_counter()
-        full_run(spark, conf(data, lake, name, seed))
+        full_run(spark, conf(data, lake, name, seed, guided))
         seconds[name] = time.perf_counter() - t
-    b, c = compare(work / "lake-B", "A", "B"), compare(work / "lake-C", "A", "C")
+    b, c, d = (compare(work / f"lake-{x}", "A", x) for x in "BCD")
+    guided_ari = guided_capture(work / "lake-D", "D")
     spark.stop()
 
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -146,7 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{b['relations']} | ≥ 98% when stable | {seconds['B']:.0f} |",
         f"| C: + {args.share:.0%} new users, + {args.share:.0%} new texts | {c['common']} | {c['kept']:.1%} | "
         f"{c['ari']:.3f} | {c['k']} | {c['relations']} | ≥ 95% | {seconds['C']:.0f} |",
+        f"| D: A's input + guided {GUIDED[0]['name']!r} | {d['common']} | {d['kept']:.1%} | {d['ari']:.3f} | {d['k']} | "
+        f"{d['relations']} | – | {seconds['D']:.0f} |",
         "",
+        f"D's guided segment against the planted English parenting users: ARI {guided_ari['ari']:.3f} "
+        f"({guided_ari['members']} members, {guided_ari['planted']} planted; target ≥ 0.9). "
         f"Run A (cold, empty lake): {seconds['A']:.0f} s.",
     ]
     append_result(args.out, "Stable segment ids across refits", "segment_ids.py", lines)

@@ -4,7 +4,8 @@ traceback.
 
     seglake-segment ...            (console script; also `python -m jobs.cli segment ...`)
     seglake-assign ...             (console script; also `python -m jobs.cli assign ...`)
-    spark-submit jobs/cli.py segment|assign ...   (what spark-submit.sh runs)
+    seglake-finetune ...           (console script; also `python -m jobs.cli finetune ...`)
+    spark-submit jobs/cli.py segment|assign|finetune ...   (what spark-submit.sh runs)
 """
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ def segment_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="output root for the Delta tables (default lakehouse)")
     p.add_argument("--conf", help="YAML conf profile (conf/local.yaml, conf/cluster.yaml, conf/databricks.yaml)")
     p.add_argument("--k", help="number of segments, or 'auto' to pick by silhouette over cluster.k_min..k_max")
-    p.add_argument("--algorithm", choices=("kmeans", "bisecting"), help="MLlib clustering algorithm")
+    p.add_argument("--algorithm", choices=("kmeans", "bisecting", "hdbscan"),
+                   help="clustering algorithm (hdbscan: density-based, on a sample)")
     return p
 
 
@@ -205,7 +207,63 @@ def assign_main(argv: list[str] | None = None) -> int:
     return code
 
 
-JOBS = {"segment": segment_main, "assign": assign_main}
+def finetune_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="seglake-finetune",
+        description="Fine-tune the encoder on pairs mined from the input (two texts of a user, a text and its "
+                    "item's category, your own pairs): contrastive, distributed with TorchDistributor; writes a "
+                    "new model directory for embed.model_path.")
+    for name in ("texts", "events"):
+        p.add_argument(f"--{name}", help=f"{name} input path (default input.{name}.path)")
+        p.add_argument(f"--{name}-format", choices=config.FORMATS, help=f"{name} format (default csv)")
+    p.add_argument("--conf", help="YAML conf profile (finetune.* and the inputs)")
+    p.add_argument("--model-path", help="the base model directory (default finetune.base_model, else embed.model_path)")
+    p.add_argument("--out", help="the new model directory (default finetune.output)")
+    p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
+    p.add_argument("--max-pairs", type=int, help="training pairs (default finetune.max_pairs)")
+    p.add_argument("--epochs", type=int, help="epochs (default finetune.epochs)")
+    p.add_argument("--processes", type=int, help="training processes (default finetune.processes)")
+    p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS, help="logging level")
+    return p
+
+
+def finetune_main(argv: list[str] | None = None) -> int:
+    from jobs import finetune
+
+    args = finetune_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    o: dict = {}
+    for name in ("texts", "events"):
+        config.put(o, f"input.{name}.path", getattr(args, name))
+        config.put(o, f"input.{name}.format", getattr(args, f"{name}_format"))
+    for key, value in (("finetune.base_model", args.model_path), ("finetune.output", args.out),
+                       ("finetune.max_pairs", args.max_pairs), ("finetune.epochs", args.epochs),
+                       ("finetune.processes", args.processes)):
+        config.put(o, key, value)
+
+    def load() -> dict:
+        conf = config.load(args.conf, o)
+        fc = config.FinetuneConf.of(conf)
+        if not fc.output:
+            raise config.ConfigError("--out / finetune.output is required: the directory for the new model")
+        resolve_model_path(fc.base_model or conf["embed"]["model_path"])
+        finetune.check_output(fc.output, args.overwrite)
+        return conf
+
+    try:
+        conf = load()
+        spark = build_session(conf["spark"], "delta-rs")  # (reads only: no Delta writer needed)
+    except (config.ConfigError, ValueError, DeltaUnavailable) as exc:
+        print(f"seglake-finetune: configuration error: {exc}", file=sys.stderr)
+        return CONF_ERROR
+    out = conf["finetune"]["output"]
+    meta, code = run_cli("seglake-finetune", lambda: finetune.finetune(spark, conf, out, args.overwrite))
+    if not code:
+        print(finetune.render(meta, out))
+    return code
+
+
+JOBS = {"segment": segment_main, "assign": assign_main, "finetune": finetune_main}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -483,14 +483,18 @@ def assign(users: DataFrame, model, distance: str = "euclidean", allowed: list[i
     base = model.transform(users) if tree else users.withColumn("segment_id", F.lit(-1))
     vec = vector_to_array("features", "float32")
     lang = F.col("lang") if groups else F.lit(None).cast("string")
-    return (base.withColumn("_a", _assign(vec, F.col("segment_id"), lang))
-            .withColumn("segment_id", F.col("_a.segment_id")).withColumn("distance", F.col("_a.distance"))
-            .withColumn("second_segment_id", F.when(F.col("_a.second_segment_id") >= 0, F.col("_a.second_segment_id")))
-            .withColumn("second_distance", F.col("_a.second_distance"))
-            .withColumn("margin", F.col("second_distance") - F.col("distance"))
-            .withColumn("third_segment_id", F.when(F.col("_a.third_segment_id") >= 0, F.col("_a.third_segment_id")))
-            .withColumn("third_distance", F.col("_a.third_distance"))
-            .drop("_a"))
+    return _unpacked(base.withColumn("_a", _assign(vec, F.col("segment_id"), lang)))
+
+
+def _unpacked(df: DataFrame) -> DataFrame:
+    """The assign UDF's struct `_a` as columns (-1, no runner-up, as null) and the margin."""
+    def some(c: str):
+        return F.when(F.col(f"_a.{c}") >= 0, F.col(f"_a.{c}"))
+
+    return (df.withColumns({"segment_id": F.col("_a.segment_id"), "distance": F.col("_a.distance"),
+                            "second_segment_id": some("second_segment_id"), "second_distance": F.col("_a.second_distance"),
+                            "third_segment_id": some("third_segment_id"), "third_distance": F.col("_a.third_distance")})
+            .withColumn("margin", F.col("second_distance") - F.col("distance")).drop("_a"))
 
 
 def _third(x: np.ndarray, centers: np.ndarray, scores: np.ndarray, first: np.ndarray, second: np.ndarray,

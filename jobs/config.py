@@ -292,6 +292,7 @@ class ClusterConf(Section):
     # (lang optional). Each description is embedded through the run's channels and seeds one
     # centroid of the final fit; the segment keeps the name; the other k - g are discovered.
     guided: list = field(default_factory=list)
+    guided_neighbours: int = 20  # a guided seed is the mean of the users nearest its description
     # algorithm hdbscan: scikit-learn's HDBSCAN fits at most this many users (<= 50000) on the
     # driver; everyone goes to the nearest cluster's centroid, or to noise (segment -1) when
     # farther than that cluster's farthest sample member. k and the k sweep do not apply.
@@ -302,6 +303,7 @@ class ClusterConf(Section):
         self._choice("algorithm", ("kmeans", "bisecting", "hdbscan"))
         self._int("hdbscan_sample_size", 100, 50000)
         self._int("hdbscan_min_cluster_size", 2)
+        self._int("guided_neighbours", 1)
         self._share("outlier_quantile")
         self._choice("outlier_mode", ("flag", "noise"))
         _check(isinstance(self.guided, list), "cluster.guided", "must be a list of {name, describe[, lang]}")
@@ -513,9 +515,45 @@ class DriftConf(Section):
         self._int("min_users", 0)
 
 
+@dataclass(frozen=True)
+class FinetuneConf(Section):
+    """seglake-finetune (jobs/finetune.py): pairs mined from the input, contrastive training."""
+
+    KEY = "finetune"
+    base_model: str | None = None  # the model to start from (null: embed.model_path)
+    output: str | None = None  # the new model directory (--out)
+    same_user_pairs: bool = True  # two texts of the same user (consecutive by ts)
+    category_pairs: bool = True  # a text and the category of the item it is about (needs events)
+    pairs_path: str | None = None  # your own pairs: a CSV with columns anchor, positive (training only)
+    max_pairs: int = 10000  # training pairs (a random sample of the mined ones)
+    min_pairs: int = 200  # fewer training pairs than this stop the job
+    eval_share: float = 0.5  # the users held out: none of their texts is trained on
+    max_eval_pairs: int = 1000
+    epochs: int = 1
+    batch_size: int = 32  # pairs per step and process (the in-batch negatives)
+    learning_rate: float = 2e-5
+    scale: float = 20.0  # the similarity scale of the ranking loss (sentence-transformers' default)
+    max_tokens: int = 128
+    processes: int = 2  # TorchDistributor processes (local mode: CPU processes; on a cluster: one per GPU)
+    eval_every: int = 50  # steps between validations; training stops after `patience` without a gain
+    patience: int = 3
+    seed: int = 42
+
+    def check(self) -> None:
+        self._bool("same_user_pairs", "category_pairs")
+        for name in ("max_pairs", "min_pairs", "max_eval_pairs", "epochs", "batch_size", "max_tokens", "processes",
+                     "eval_every", "patience"):
+            self._int(name, 1)
+        self._int("seed", 0)
+        _check(_number(self.eval_share) and 0 < self.eval_share < 1, "finetune.eval_share", "must be in (0, 1)")
+        self._nonneg("learning_rate", "scale")
+        _check(self.same_user_pairs or self.category_pairs or bool(self.pairs_path), "finetune",
+               "no kind of pairs is on (same_user_pairs, category_pairs, pairs_path)")
+
+
 SECTIONS: tuple[type[Section], ...] = (
     SparkConf, InputConf, IngestConf, CleanConf, EmbedConf, UserVectorsConf, LexicalConf, ClusterConf, SegmentIdsConf,
-    PrivacyConf, ProfileConf, RecommendConf, OutputConf, AssignConf, TrackingConf, DriftConf)
+    PrivacyConf, ProfileConf, RecommendConf, OutputConf, AssignConf, TrackingConf, DriftConf, FinetuneConf)
 DEFAULTS: dict[str, Any] = {**{cls.KEY: asdict(cls()) for cls in SECTIONS}, "run_id": None}
 # Keys whose mapping takes any keys (Spark settings, reader options).
 FREE_FORM = ("spark.conf", "input.texts.options", "input.events.options", "assign.texts.options",

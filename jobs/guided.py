@@ -4,10 +4,11 @@ Each description goes through the run's own channels as if it were a user with o
 cleaned like every text, embedded by the run's model, pooled, centred by its language's mean,
 and given the run's lexical vector (its words over the run's vocabulary). Its behaviour block
 is the population's mean (zero after standardisation): a description says nothing about how
-someone behaves. The resulting vector seeds one centroid of the final fit (jobs/cluster.fit,
-`seeds`); Lloyd iterations then move it to its members' mean, so a guided segment is what the
-data around the description look like, and a user close to no guided segment lands in a
-discovered one.
+someone behaves. The `cluster.guided_neighbours` users nearest that vector (text and lexical
+blocks) give the seed: their mean feature vector, which seeds one centroid of the final fit
+(jobs/cluster.fit, `seeds`); Lloyd iterations then move it to its members' mean, so a guided
+segment is what the data around the description look like, and a user close to no guided
+segment lands in a discovered one.
 """
 from __future__ import annotations
 
@@ -76,6 +77,31 @@ def seed_vectors(spark: SparkSession, guided: list[dict], *, model_path: str, em
         vec[start:] = 0.0
         seeds.append(Seed(g["name"].strip(), lang, vec))
     return seeds
+
+
+def neighbour_mean(seed: Seed, users: DataFrame, dims: int, m: int) -> Seed:
+    """The seed moved to the mean feature vector of the `m` users nearest its description, by
+    cosine over the first `dims` features (the text and lexical blocks: a description says
+    nothing about behaviour). A description's vector is not a user's (one short text; no
+    behaviour), so Lloyd started from it alone can drift to another group; the mean of the
+    users it describes is a centroid in every block, behaviour included."""
+    import pandas as pd
+    from pyspark.ml.functions import vector_to_array
+
+    s = seed.vector[:dims] / max(float(np.linalg.norm(seed.vector[:dims])), 1e-12)
+
+    @F.pandas_udf("double")
+    def _cos(vecs: pd.Series) -> pd.Series:
+        if not len(vecs):
+            return pd.Series([], dtype="float64")
+        x = np.vstack(vecs.to_numpy())[:, :dims]
+        return pd.Series((x @ s) / np.maximum(np.linalg.norm(x, axis=1), 1e-12))
+
+    rows = (users.select(vector_to_array("features").alias("x")).withColumn("_c", _cos(F.col("x")))
+            .orderBy(F.desc("_c")).limit(m).select("x").collect())
+    if not rows:
+        return seed
+    return Seed(seed.name, seed.lang, np.mean(np.array([r["x"] for r in rows], dtype=np.float64), axis=0))
 
 
 def by_group(seeds: list[Seed], groups: list[str | None], other: str) -> dict[str | None, list[Seed]]:

@@ -135,13 +135,16 @@ def match(overlap: np.ndarray, sizes: np.ndarray, prev_ids: list[int], prev_size
             ids[i] = prev_ids[matched[i]]
         else:
             ids[i], fresh = fresh, fresh + 1
-    continued = set(matched.values())
     share_of_new = np.divide(overlap, common[:, None], out=np.zeros_like(overlap, dtype=np.float64),
                              where=common[:, None] > 0)
     share_of_prev = np.divide(overlap, prev_common[None, :], out=np.zeros_like(overlap, dtype=np.float64),
                               where=prev_common[None, :] > 0)
     rows_out = []
-    for i in range(k):
+    # A segment with no users this run (merged away by privacy.min_segment_size) is not
+    # published: the previous segment it continues is retired, and its id stays reserved.
+    published = {i for i in range(k) if sizes[i] > 0}
+    continued = {matched[i] for i in published if i in matched}
+    for i in sorted(published):
         parents = [j for j in np.argsort(-overlap[i]) if share_of_new[i, j] >= lineage_share]
         if i in matched:
             absorbed = [j for j in parents if j not in continued and share_of_prev[i, j] >= 0.5]
@@ -162,9 +165,9 @@ def match(overlap: np.ndarray, sizes: np.ndarray, prev_ids: list[int], prev_size
                          "successor_ids": [ids[i] for i in heirs],
                          "successor_shares": [float(share_of_prev[i, j]) for i in heirs]})
     total_common = int(common.sum())
-    kept = sum(int(overlap[i, j]) for i, j in matched.items())
+    kept = sum(int(overlap[i, j]) for i, j in matched.items() if i in published)
     moves = [{"from": prev_ids[j], "to": ids[i], "users": int(overlap[i, j])}
-             for i in range(k) for j in range(kp) if overlap[i, j] > 0]
+             for i in sorted(published) for j in range(kp) if overlap[i, j] > 0]
     counts = {r: sum(1 for x in rows_out if x["relation"] == r) for r in ("same", "merged", "split", "new", "retired")}
     note = (f"segment ids matched to run {previous_run_id}: "
             + ", ".join(f"{n} {r}" for r, n in counts.items() if n)
@@ -189,7 +192,7 @@ def fresh(sizes: np.ndarray, next_id: int, previous_run_id: str | None = None, w
     ids = list(range(next_id, next_id + k))
     note = (f"segment ids fresh from {next_id}, not matched to run {previous_run_id} ({why})"
             if why else "first run: segment ids 0..k-1")
-    return Matching(ids, [_row(i, "new", previous_run_id, [], [], [], int(n), 0, None) for i, n in zip(ids, sizes)],
+    return Matching(ids, [_row(i, "new", previous_run_id, [], [], [], int(n), 0, None) for i, n in zip(ids, sizes) if n],
                     next_id + k, note)
 
 
@@ -203,7 +206,8 @@ def previous_run(lake, run_id: str, signature: dict) -> Previous | None:
     if not lake.exists("runs"):
         return None
     runs = (lake.read("runs").where((F.col("status") == "succeeded") & (F.col("run_id") != run_id))
-            .orderBy(F.desc("finished_at")).select("run_id", "feature_params", "embed_model_id", "distance")
+            .orderBy(F.desc("finished_at"))
+            .select("run_id", "feature_params", "embed_model_id", "distance", "algorithm", "model_path")
             .limit(1).collect())
     if not runs:
         return None
@@ -217,10 +221,29 @@ def previous_run(lake, run_id: str, signature: dict) -> Previous | None:
     next_id = max([int(params.get("next_segment_id") or 0), *[i + 1 for i in ids_ever]])
     old_sig = space_signature(r["embed_model_id"], params, r["distance"])
     users = lake.read("user_segments").where(F.col("run_id") == r["run_id"]).select("user_id", "segment_id")
+    centroids = {int(s["segment_id"]): np.asarray(s["centroid"]) for s in segs if s["centroid"] is not None}
+    centroids.update(saved_centroids(r["model_path"], r["algorithm"], params.get("segment_ids")))
     return Previous(r["run_id"], users, {int(s["segment_id"]): int(s["size"]) for s in segs},
-                    {int(s["segment_id"]): text_block(np.asarray(s["centroid"]), params) for s in segs
-                     if s["centroid"] is not None},
-                    next_id, space_change(old_sig, signature))
+                    {sid: text_block(c, params) for sid, c in centroids.items()}, next_id,
+                    space_change(old_sig, signature))
+
+
+def saved_centroids(model_path: str | None, algorithm: str | None, ids: list[int] | None) -> dict[int, np.ndarray]:
+    """Published id -> centroid from a run's saved model (the segments table empties the
+    centroid of a privacy-suppressed segment); {} when the model cannot be read."""
+    from pyspark.ml.clustering import BisectingKMeansModel, KMeansModel
+
+    if not model_path:
+        return {}
+    try:
+        model = (BisectingKMeansModel if algorithm == "bisecting" else KMeansModel).load(model_path)
+    except Exception as exc:  # noqa: BLE001 - a moved or deleted model: the segments' centroids still serve
+        log.info("segment ids: the previous model at %s cannot be read (%s); using the published centroids",
+                 model_path, str(exc).splitlines()[0][:200])
+        return {}
+    centers = model.clusterCenters()
+    ids = ids or list(range(len(centers)))
+    return {int(ids[i]): np.asarray(c) for i, c in enumerate(centers) if i < len(ids)}
 
 
 def match_run(assigned: DataFrame, centers: np.ndarray, params: dict, prev: Previous | None, sc) -> Matching:
@@ -246,10 +269,12 @@ def match_run(assigned: DataFrame, centers: np.ndarray, params: dict, prev: Prev
         if int(r["_j"]) in col:
             overlap[int(r["_i"]), col[int(r["_j"])]] = int(r["count"])
     sim = None
-    if all(j in prev.text_centroids for j in prev_ids):
+    if prev.text_centroids and prev_ids:
         new_text = np.vstack([text_block(c, params) for c in centers])
-        old_text = np.vstack([prev.text_centroids[j] for j in prev_ids]) if prev_ids else np.zeros((0, new_text.shape[1]))
-        sim = _cosine(new_text, old_text)
+        known = [j for j in prev_ids if j in prev.text_centroids]
+        sim = np.zeros((k, len(prev_ids)))  # (a previous segment without a centroid: no similarity)
+        if known:
+            sim[:, [col[j] for j in known]] = _cosine(new_text, np.vstack([prev.text_centroids[j] for j in known]))
     m = match(overlap, sizes, prev_ids, prev.sizes, sim, prev.next_id, min_overlap=sc.min_overlap,
               min_similarity=sc.min_similarity, min_common_users=sc.min_common_users,
               similarity_weight=sc.similarity_weight, lineage_share=sc.lineage_share, previous_run_id=prev.run_id)

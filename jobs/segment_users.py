@@ -319,7 +319,14 @@ def guided_seeds(ctx: RunContext, u: Users, cc: ClusterConf, groups: list[str | 
     seeds = guided.seed_vectors(ctx.spark, cc.guided, model_path=ec.model_path, embed_settings=ec.settings,
                                 params=u.feature_params, lexicon=u.lexicon,
                                 max_tokens=ctx.conf["clean"]["max_tokens"], max_chars=ctx.conf["clean"]["max_chars"])
-    return guided.by_group(seeds, groups, cluster.OTHER)
+    params = u.feature_params
+    dims = int(params["text_dim"]) + (int(params.get("lexical_dim") or 0)
+                                      if float(params.get("lexical_weight") or 0) > 0 else 0)
+    out = {}
+    for g, group_seeds in guided.by_group(seeds, groups, cluster.OTHER).items():
+        users = u.users.where(cluster.language_group([x for x in groups if x]) == g) if g else u.users
+        out[g] = [guided.neighbour_mean(s, users, dims, cc.guided_neighbours) for s in group_seeds]
+    return out
 
 
 def outlier_share(assigned: DataFrame, n_users: int, mode: str) -> dict:

@@ -88,6 +88,7 @@ def subprocess_profile(master: str | None = None) -> str:
     prof = yaml.safe_load((ROOT / "conf" / "local.yaml").read_text())
     prof["spark"]["conf"].update(TEST_SPARK_CONF)
     prof["tracking"] = {"mlflow": False}  # (as in local_conf: no test of a subprocess job checks MLflow)
+    prof["spark"]["conf"]["spark.driver.memory"] = "2g"  # (beside two test sessions: see `spark` below)
     if master:
         prof["spark"]["master"] = master
     fd, path = tempfile.mkstemp(prefix="seglake-test-", suffix=".yaml")
@@ -154,7 +155,10 @@ def spark():
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.session.timeZone", SESSION_SQL_CONF["spark.sql.session.timeZone"])
-        .config("spark.driver.memory", "6g")
+        # Two test sessions run at once (make test: two xdist workers) beside the jobs tests
+        # start as subprocesses (two drivers at once in test_faults): 3g each keeps them all
+        # inside 24 GiB (6g each got a session OOM-killed), and tens of rows need far less.
+        .config("spark.driver.memory", "3g")
         # One driver serves hundreds of jobs here: keep the UI listeners' history short (their
         # plans and metrics otherwise pile up in the heap over a whole test run).
         .config("spark.sql.ui.retainedExecutions", "50")
@@ -186,7 +190,11 @@ def make_tiny_bert(path: Path) -> str:
     vocab += [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + list("abcdefghijklmnopqrstuvwxyz0123456789.,!?[]")
     vocab = list(dict.fromkeys(vocab))
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True).save_pretrained(path)
+    # The vocabulary as a mapping: transformers 5 ignores a `vocab_file` argument here and
+    # builds a tokenizer of the 5 special tokens, which maps every word to [UNK].
+    tok = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True)
+    assert tok.tokenize("phone battery")[0] == "phone", "the tiny tokenizer lost its vocabulary"
+    tok.save_pretrained(path)
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=128)

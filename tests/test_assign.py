@@ -129,6 +129,11 @@ def test_reassign_all_reproduces_the_full_job_exactly(spark, tiny_model, full_la
     # Same state, same function, same model: the very same segment and distance for every user.
     assert (after.segment_id == before.segment_id).all()
     np.testing.assert_array_equal(after.distance.to_numpy(), before.distance.to_numpy())
+    # ...and the same soft memberships and outlier flags (temperature and thresholds saved with the model run).
+    assert [list(t) for t in after.top_segment_ids] == [list(t) for t in before.top_segment_ids]
+    np.testing.assert_allclose(np.vstack(after.memberships.to_numpy()), np.vstack(before.memberships.to_numpy()),
+                               rtol=1e-12)
+    assert (after.outlier == before.outlier).all()
     assert (after.assigned_by == "re1").all() and len(_table(lake / "user_segments")) == 30
     d = _table(lake / "drift")
     assert d.far_share[0] == pytest.approx(0.0333, abs=0.04) and d.psi[0] == pytest.approx(0.0, abs=1e-9)
@@ -363,3 +368,23 @@ def test_stream_killed_and_restarted_equals_one_batch(spark, tiny_model, full_la
     assert (sv.n_texts == bv.n_texts).all() and (sv.n_events == bv.n_events).all()
     np.testing.assert_allclose(np.vstack(sv.text_mean.dropna()), np.vstack(bv.text_mean.dropna()), atol=1e-9)
     assert sv.loc["f1", "n_texts"] == 18  # the replayed micro-batch was not applied twice
+
+
+def test_hdbscan_run_and_assign_send_far_users_to_noise(spark, tiny_model, tmp_path):
+    """cluster.algorithm hdbscan through both jobs: the three groups found on the sample of
+    users, and a new user unlike anyone goes to noise (segment -1), which explain reports."""
+    from jobs.explain import explain, render
+
+    conf = _conf(tmp_path, tiny_model, run_id="hd1", cluster__algorithm="hdbscan", cluster__hdbscan_min_cluster_size=5)
+    res = full_run(spark, conf)
+    segs = _segments(tmp_path / "lake", "hd1")
+    assert res.k == 3 and segs.groupby(segs.index.str[0]).segment_id.nunique().eq(1).all()
+    assert segs.segment_id.nunique() == 3 and (segs.segment_id >= 0).all()
+    params = json.loads(_table(tmp_path / "lake" / "runs").feature_params[0])
+    assert params["outlier_mode"] == "noise" and len(params["outlier_thresholds"]) == 3
+    far = _csv(tmp_path / "new" / "texts.csv", "user_id,text,ts,item_id,lang",
+               ["z1,这件连衣裙面料很舒服 手机电池续航强,2026-03-01T00:00:00Z,x,en"])
+    assign.run(spark, _conf(tmp_path, tiny_model, run_id="hd-a1", assign__texts__path=far))
+    z = _segments(tmp_path / "lake", "hd1").loc["z1"]
+    assert z.segment_id == -1 and z.outlier and z.second_segment_id in set(segs.segment_id)
+    assert "noise (far from every segment)" in render(explain(str(tmp_path / "lake"), "z1"))

@@ -149,3 +149,17 @@ def test_match_run_relabels_a_permuted_refit_on_spark(spark):
     changed = match_run(assigned, centers, params, Previous(**{**prev.__dict__, "space_change": "distance"}),
                         SegmentIdsConf())
     assert changed.ids == [12, 13, 14] and "distance" in changed.note
+
+
+def test_a_segment_merged_away_by_privacy_keeps_its_id_reserved_and_is_retired():
+    # Model index 2 has no users (privacy merged its 2 users into index 0); its centroid is
+    # the previous small segment's (id 5): that id stays with the index, the segment is retired.
+    overlap = np.array([[30, 2], [0, 0], [0, 0]])
+    sizes = np.array([32, 20, 0])
+    sim = np.array([[0.99, 0.2], [0.1, 0.1], [0.2, 0.98]])
+    m = match(overlap, sizes, [4, 5], {4: 30, 5: 2}, sim, next_id=6)
+    assert m.ids == [4, 6, 5]
+    rows = _rows(m)
+    assert set(rows) == {4, 5, 6} and rows[5]["relation"] == "retired" and rows[5]["successor_ids"] == [4]
+    assert rows[6]["relation"] == "new" and rows[4]["relation"] == "same"
+    assert all(r["size"] > 0 for r in m.lineage if r["relation"] != "retired")
