@@ -195,7 +195,8 @@ def fit_hdbscan(users: DataFrame, n_users: int, *, sample_size: int = 50000, min
     for i, c in enumerate(ids):
         members = x[labels == c]
         d = (1.0 - members @ centers[i]) if cosine else np.linalg.norm(members - centers[i], axis=1)
-        thresholds[i] = float(d.max())
+        # (+ a little: assign measures float32-rounded vectors, so a member can come out a hair farther)
+        thresholds[i] = float(d.max()) * (1 + 1e-6) + 1e-6
         cost += float((d if cosine else d * d).sum())
     log.info("hdbscan: %d clusters in a sample of %d users, %.1f%% of it noise", len(ids), len(x),
              100.0 * float((labels == -1).mean()))

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -85,7 +86,6 @@ def neighbour_mean(seed: Seed, users: DataFrame, dims: int, m: int) -> Seed:
     nothing about behaviour). A description's vector is not a user's (one short text; no
     behaviour), so Lloyd started from it alone can drift to another group; the mean of the
     users it describes is a centroid in every block, behaviour included."""
-    import pandas as pd
     from pyspark.ml.functions import vector_to_array
 
     s = seed.vector[:dims] / max(float(np.linalg.norm(seed.vector[:dims])), 1e-12)

@@ -219,7 +219,8 @@ def cluster_stage(ctx: RunContext, u: Users, cc: ClusterConf, pc: PrivacyConf) -
         facts["segment ids"] = pub.ids.note
         # Quality over the segments' members: noise (segment -1) is left out, and its share reported.
         members = assigned.where(F.col("segment_id") >= 0) if pub.outlier_mode == "noise" else assigned
-        quality = {"silhouette": cluster.silhouette(members, cc.distance), **metrics.quality(members),
+        quality = {"silhouette": cluster.silhouette(members, cc.distance) if members.limit(1).count() else float("nan"),
+                   **metrics.quality(members),
                    **(stability(ctx, fitted.fits, cc) if cc.algorithm != "hdbscan" else {"stability_ari": None, "stable": None}),
                    **outlier_share(assigned, n_users, pub.outlier_mode)}
         cost = cluster.total_cost(assigned, cc.distance)  # every user's, not the fit sample's

@@ -156,9 +156,9 @@ def spark():
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.session.timeZone", SESSION_SQL_CONF["spark.sql.session.timeZone"])
         # Two test sessions run at once (make test: two xdist workers) beside the jobs tests
-        # start as subprocesses (two drivers at once in test_faults): 3g each keeps them all
-        # inside 24 GiB (6g each got a session OOM-killed), and tens of rows need far less.
-        .config("spark.driver.memory", "3g")
+        # start as subprocesses (two drivers at once in test_faults): at 6g each one session
+        # was OOM-killed, at 3g one ran out of heap late in its hundreds of jobs.
+        .config("spark.driver.memory", "4g")
         # One driver serves hundreds of jobs here: keep the UI listeners' history short (their
         # plans and metrics otherwise pile up in the heap over a whole test run).
         .config("spark.sql.ui.retainedExecutions", "50")

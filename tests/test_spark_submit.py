@@ -35,7 +35,10 @@ def test_dry_run_assign_job():
     job = cmd[cmd.index(str(ROOT / "jobs" / "cli.py")) + 1 + 1:]
     assert job == ["--conf", "conf/local.yaml", "--texts", "new/", "--stream"]
     bad = subprocess.run([SCRIPT, "--dry-run", "--job", "nope"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "--job must be segment or assign" in bad.stderr
+    assert bad.returncode == 2 and "--job must be segment, assign or finetune" in bad.stderr
+    cmd = _dry("--job", "finetune", "--conf", "conf/local.yaml", "--texts", "t.csv", "--out", "models/v1")
+    entry = cmd.index(str(ROOT / "jobs" / "cli.py"))
+    assert cmd[entry + 1:] == ["finetune", "--conf", "conf/local.yaml", "--texts", "t.csv", "--out", "models/v1"]
 
 
 def test_dry_run_cluster_passes_spark_options_through():
