@@ -123,6 +123,16 @@ def segment_recommendations(scores: DataFrame, reasons: DataFrame, top_n: int) -
         "segment_share", "lift", "reason_terms")
 
 
+def _with_consumed_counts(users: DataFrame, consumed: DataFrame | None) -> tuple[DataFrame, DataFrame | None]:
+    """`users` + `_c`, each user's count of distinct consumed items (0 without `consumed`),
+    and those (user_id, item_id) rows."""
+    if consumed is None:
+        return users.withColumn("_c", F.lit(0)), None
+    seen = consumed.select("user_id", "item_id").where(F.col("item_id").isNotNull()).distinct()
+    counts = seen.groupBy("user_id").agg(F.count(F.lit(1)).alias("_c"))
+    return users.join(counts, "user_id", "left").withColumn("_c", F.coalesce("_c", F.lit(0))), seen
+
+
 def recommend_for_users(user_segments: DataFrame, scores: DataFrame, consumed: DataFrame | None, n: int) -> DataFrame:
     """user_id, segment_id, rank, item_id, score: each user's `n` best items of their segment's
     ranking that they have not interacted with yet.
@@ -133,12 +143,7 @@ def recommend_for_users(user_segments: DataFrame, scores: DataFrame, consumed: D
     spread over all users; a join on segment_id alone would put every user of a segment in
     one task. `consumed` (user_id, item_id) may hold any items; `scores` is `item_scores`'."""
     users = user_segments.select("user_id", F.col("segment_id").cast("int"))
-    if consumed is not None:
-        seen = consumed.select("user_id", "item_id").where(F.col("item_id").isNotNull()).distinct()
-        counts = seen.groupBy("user_id").agg(F.count(F.lit(1)).alias("_c"))
-        users = users.join(counts, "user_id", "left").withColumn("_c", F.coalesce("_c", F.lit(0)))
-    else:
-        users = users.withColumn("_c", F.lit(0))
+    users, seen = _with_consumed_counts(users, consumed)
     ranks = users.select("user_id", "segment_id", F.explode(F.sequence(F.lit(1), F.lit(n) + F.col("_c"))).alias("_sr"))
     cands = ranks.join(scores.select("segment_id", F.col("rank").alias("_sr"), "item_id", "score"),
                        ["segment_id", "_sr"])
@@ -158,12 +163,7 @@ def recommend_blended(user_segments: DataFrame, scores: DataFrame, consumed: Dat
     are left out."""
     users = user_segments.select("user_id", F.col("segment_id").cast("int").alias("_own"),
                                  F.arrays_zip(F.col("top_segment_ids").alias("s"), F.col("memberships").alias("w")).alias("_m"))
-    if consumed is not None:
-        seen = consumed.select("user_id", "item_id").where(F.col("item_id").isNotNull()).distinct()
-        counts = seen.groupBy("user_id").agg(F.count(F.lit(1)).alias("_c"))
-        users = users.join(counts, "user_id", "left").withColumn("_c", F.coalesce("_c", F.lit(0)))
-    else:
-        users = users.withColumn("_c", F.lit(0))
+    users, seen = _with_consumed_counts(users, consumed)
     pairs = users.select("user_id", "_own", "_c", F.explode("_m").alias("_p")).select(
         "user_id", "_own", "_c", F.col("_p.s").cast("int").alias("segment_id"), F.col("_p.w").alias("_w"))
     ranks = pairs.select("user_id", "_own", "segment_id", "_w",

@@ -216,7 +216,7 @@ def cluster_stage(ctx: RunContext, u: Users, cc: ClusterConf, pc: PrivacyConf) -
         centers = np.vstack(model.clusterCenters())
         pub = publish(ctx, assigned, centers, u, cc, fitted.noise_thresholds)
         assigned = pub.assigned
-        facts["segment ids"] = pub.ids.note
+        facts["segment ids"] = pub.ids.note.removeprefix("segment ids ")  # (the key says it)
         # Quality over the segments' members: noise (segment -1) is left out, and its share reported.
         members = assigned.where(F.col("segment_id") >= 0) if pub.outlier_mode == "noise" else assigned
         quality = {"silhouette": cluster.silhouette(members, cc.distance) if members.limit(1).count() else float("nan"),
