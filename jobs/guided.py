@@ -51,6 +51,12 @@ def description_rows(spark: SparkSession, guided: list[dict], languages: list[st
                                        f"{REASON} string")
 
 
+def described_dims(params: dict) -> int:
+    """How many leading features a description speaks to: the text and lexical blocks."""
+    lexical = int(params.get("lexical_dim") or 0) if float(params.get("lexical_weight") or 0) > 0 else 0
+    return int(params["text_dim"]) + lexical
+
+
 def seed_vectors(spark: SparkSession, guided: list[dict], *, model_path: str, embed_settings: dict, params: dict,
                  lexicon, max_tokens: int = 256, max_chars: int | None = None) -> list[Seed]:
     """One fused feature vector per guided segment, in the run's feature space (`params`: the
@@ -69,8 +75,7 @@ def seed_vectors(spark: SparkSession, guided: list[dict], *, model_path: str, em
                        half_life_days=params.get("half_life_days", 30.0), lexical=lexicon is not None)
     rows = {r["user_id"]: (r["features"].toArray(), r["lang"]) for r in features(state, params, lexicon).collect()}
     # The behaviour block (last): the population's mean, 0 once standardised.
-    start = int(params["text_dim"]) + (int(params.get("lexical_dim") or 0)
-                                       if float(params.get("lexical_weight") or 0) > 0 else 0)
+    start = described_dims(params)
     seeds = []
     for i, g in enumerate(guided):
         vec, lang = rows[f"guided:{i}"]

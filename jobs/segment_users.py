@@ -321,8 +321,7 @@ def guided_seeds(ctx: RunContext, u: Users, cc: ClusterConf, groups: list[str | 
                                 params=u.feature_params, lexicon=u.lexicon,
                                 max_tokens=ctx.conf["clean"]["max_tokens"], max_chars=ctx.conf["clean"]["max_chars"])
     params = u.feature_params
-    dims = int(params["text_dim"]) + (int(params.get("lexical_dim") or 0)
-                                      if float(params.get("lexical_weight") or 0) > 0 else 0)
+    dims = guided.described_dims(params)
     out = {}
     for g, group_seeds in guided.by_group(seeds, groups, cluster.OTHER).items():
         users = u.users.where(cluster.language_group([x for x in groups if x]) == g) if g else u.users
