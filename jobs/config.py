@@ -120,6 +120,13 @@ class SparkConf(Section):
     master: str = "local[2]"  # ignored when spark-submit or a cluster already set one
     app_name: str = "seglake-segment"
     conf: dict = field(default_factory=dict)
+    # Inputs with at most this many kept rows (texts + events) run the rest of the job without
+    # adaptive execution and with one shuffle partition per core (jobs/pipeline.fit_to_input):
+    # for small data the re-planning and the extra tasks cost more than they save. 0: off.
+    small_input_rows: int = 200_000
+
+    def check(self) -> None:
+        self._int("small_input_rows", 0)
 
 
 @dataclass(frozen=True)
@@ -185,7 +192,9 @@ class EmbedConf(Section):
     token_budget: int = 8192
     max_tokens: int | None = None  # None: the model's max_seq_length
     device: str = "auto"
-    precision: str = "auto"
+    precision: str = "auto"  # torch: fp32 / fp16 / bf16 (auto: fp32 on CPU, half on GPU); onnx: fp32 / int8
+    backend: str = "torch"  # or onnx: ONNX Runtime on the CPU (udfs/onnx_export.py)
+    onnx_cache: str | None = None  # where each node keeps its exports (None: ~/.cache/seglake/onnx)
     threads_per_task: int | None = None  # None: spark.task.cpus
     partitions: int | None = None  # None: 2 x default parallelism
     dedupe: bool = True
@@ -201,12 +210,23 @@ class EmbedConf(Section):
                "must be a directory path or null")
         self._choice("device", ("auto", "cpu", "cuda"))
         self._bool("cache")
-        self._choice("precision", ("auto", "fp32", "fp16", "bf16"))
+        self._choice("precision", ("auto", "fp32", "fp16", "bf16", "int8"))
+        self._choice("backend", ("torch", "onnx"))
+        _check(self.onnx_cache is None or isinstance(self.onnx_cache, str), "embed.onnx_cache",
+               "must be a directory path or null")
+        if self.backend == "onnx":
+            _check(self.precision in ("auto", "fp32", "int8"), "embed.precision",
+                   f"must be auto, fp32 or int8 with embed.backend onnx, got {self.precision!r}")
+            _check(self.device != "cuda", "embed.device",
+                   "cuda needs embed.backend torch (the onnx backend runs on the CPU)")
+        else:
+            _check(self.precision != "int8", "embed.precision", "int8 needs embed.backend onnx")
 
     @property
     def settings(self) -> dict:
-        """The UDF's batching and device settings."""
-        return {k: getattr(self, k) for k in ("batch_size", "token_budget", "max_tokens", "device", "precision")}
+        """The UDF's batching, device and backend settings."""
+        return {k: getattr(self, k) for k in ("batch_size", "token_budget", "max_tokens", "device", "precision",
+                                              "backend", "onnx_cache")}
 
 
 @dataclass(frozen=True)

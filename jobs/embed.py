@@ -32,6 +32,8 @@ def embed_texts(
     partitions: int | None = None,
     dedupe: bool = True,
     task_hook: Callable[[str], None] | None = None,
+    backend: str = "torch",
+    onnx_cache: str | None = None,
 ) -> DataFrame:
     """Add `out_col` (array<float>, unit length) computed from `text_col`.
 
@@ -41,7 +43,7 @@ def embed_texts(
     """
     n = _partitions(df, partitions)
     udf = embed_udf(model_path, batch_size, token_budget, max_tokens, device, precision, threads_per_task,
-                    task_hook)
+                    task_hook, backend, onnx_cache)
     if not dedupe:
         return df.repartition(n).withColumn(out_col, udf(F.col(text_col)))
     # Hash-partitioning by the text first lets distinct() run without a second shuffle; an
@@ -86,7 +88,7 @@ def embed_with_cache(
 
 def embed_model_id(ec: EmbedConf) -> str:
     """The cache key of the embedding model of conf section `embed` (see udfs.embedding.model_id)."""
-    return model_id(ec.model_path, ec.max_tokens, ec.precision)
+    return model_id(ec.model_path, ec.max_tokens, ec.precision, ec.backend)
 
 
 def embed_cached(texts: DataFrame, lake: Lake, run_id: str, ec: EmbedConf, *,

@@ -50,6 +50,7 @@ class RunContext:
     counts: dict[str, int] = field(default_factory=dict)
     reasons: dict[str, int] = field(default_factory=dict)
     _persisted: list[DataFrame] = field(default_factory=list, repr=False)
+    _session_conf: dict[str, str | None] = field(default_factory=dict, repr=False)  # what fit_to_input changed
 
     @property
     def engine(self) -> str:
@@ -67,6 +68,18 @@ class RunContext:
         for df in reversed(self._persisted):
             df.unpersist()
         self._persisted.clear()
+        for key, value in self._session_conf.items():  # the session as the run found it
+            if value is None:
+                self.spark.conf.unset(key)
+            else:
+                self.spark.conf.set(key, value)
+        self._session_conf.clear()
+
+    def set_session_conf(self, settings: dict[str, str]) -> None:
+        """Runtime SQL settings for the rest of this run (put back by `release`)."""
+        for key, value in settings.items():
+            self._session_conf.setdefault(key, self.spark.conf.get(key, None))
+            self.spark.conf.set(key, value)
 
     def stage(self, name: str, rate: bool = True):
         return stage(name, self.timings, rate)
@@ -175,6 +188,32 @@ def ingest_stage(ctx: RunContext, inputs: dict[str, tuple[DataFrame, str]], *, b
         facts["rows read"] = sum(ctx.counts.get(f"{n}_read", 0) for n in INPUTS)
         facts["quarantined"] = ctx.counts["quarantined"]
     return Ingested(kept["texts"], kept["events"], quarantine, watermarks)
+
+
+def small_input_settings(spark: SparkSession) -> dict[str, str]:
+    """The SQL settings of a small run: no adaptive execution, one shuffle partition per core."""
+    return {"spark.sql.adaptive.enabled": "false",
+            "spark.sql.shuffle.partitions": str(max(spark.sparkContext.defaultParallelism, 1))}
+
+
+def fit_to_input(ctx: RunContext) -> None:
+    """Small inputs (spark.small_input_rows kept rows) run the rest of the full job with
+    `small_input_settings`; large ones keep the profile's settings.
+
+    Why: on 1,000 users x 10 texts (bench/small_runs.py, cold, 2 cores) adaptive execution's
+    re-planning and 8 shuffle partitions of a few KB each took the non-embed stages from 75.7 s
+    to 101.9 s. Only the full job: its input's size is its tables' size. An assign batch is small
+    but MERGEs into tables of every user, whose joins need adaptive execution's choices."""
+    rows = sum(ctx.counts.get(f"{n}_kept", 0) for n in INPUTS)
+    limit = config.SparkConf.of(ctx.conf).small_input_rows
+    if not limit or rows > limit:
+        return
+    settings = small_input_settings(ctx.spark)
+    if all(ctx.spark.conf.get(k, None) == v for k, v in settings.items()):
+        return
+    ctx.set_session_conf(settings)
+    log.info("small input (%s rows kept, spark.small_input_rows %s): adaptive execution off, %s shuffle partitions",
+             f"{rows:,}", f"{limit:,}", settings["spark.sql.shuffle.partitions"])
 
 
 @dataclass(frozen=True)

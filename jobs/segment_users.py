@@ -28,8 +28,8 @@ from jobs.drift import drift_reference
 from jobs.embed import embed_model_id
 from jobs.history import history_rows
 from jobs.lock import job_lock
-from jobs.pipeline import (INPUTS, Embedded, Ingested, RunContext, embed_stage, ingest_stage, new_run_id,
-                           read_mapped, run_scope)
+from jobs.pipeline import (INPUTS, Embedded, Ingested, RunContext, embed_stage, fit_to_input, ingest_stage,
+                           new_run_id, read_mapped, run_scope)
 from jobs.tables import K_SELECTION_ROW, SEGMENT, TABLES, Lake
 from jobs.user_vectors import STATE_COLUMNS, build_user_vectors, user_state
 from udfs.embedding import resolve_model_path
@@ -88,6 +88,7 @@ def segment(ctx: RunContext) -> RunResult:
         resolve_model_path(conf["embed"]["model_path"])  # before any work: fail fast, on the driver
         ingested = ingest_stage(ctx, read_inputs(ctx))
         require_texts(ctx)
+        fit_to_input(ctx)  # small inputs: the session's settings sized to them
         ec = EmbedConf.of(conf)
         embedded = embed_stage(ctx, ingested.texts, ec, cache=ec.cache, measure=True)
         ctx.crash_point("after_embed")  # (tests: the cache holds this run's vectors now)

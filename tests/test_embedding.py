@@ -135,3 +135,73 @@ def test_embed_with_cache_embeds_only_missing(spark, tiny_model):
     cache = new.select("text_hash", "embedding").where(F.col("text_clean") != "ok")
     hits, new = embed_with_cache(df, cache, tiny_model, partitions=2)
     assert [r.text_clean for r in new.collect()] == ["ok"] and hits.count() == len(set(TEXTS)) - 1
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1)
+
+
+def test_onnx_backend_matches_torch_and_exports_once(tiny_model, tmp_path):
+    """fp32 on ONNX Runtime gives the torch vectors; int8 stays close; each export is made once
+    per cache and is byte-for-byte reproducible."""
+    import json
+
+    torch_vecs = load_encoder(tiny_model).encode(TEXTS)
+    fp32 = load_encoder(tiny_model, backend="onnx", precision="fp32", onnx_cache=str(tmp_path / "a"))
+    np.testing.assert_allclose(fp32.encode(TEXTS, batch_size=2, token_budget=64), torch_vecs, atol=1e-5)
+    int8 = load_encoder(tiny_model, backend="onnx", precision="int8", onnx_cache=str(tmp_path / "a"))
+    got = int8.encode(TEXTS)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert _cos(got, torch_vecs).min() > 0.95 and not np.allclose(got, torch_vecs, atol=1e-5)
+    np.testing.assert_array_equal(got[0], got[4])  # (one text, embedded once)
+
+    (folder,) = [p for p in (tmp_path / "a").iterdir() if p.is_dir()]
+    manifest = json.loads((folder / "export.json").read_text())
+    assert sorted(manifest["files"]) == ["model-fp32.onnx", "model-int8.onnx"]
+    stamp = (folder / "model-int8.onnx").stat().st_mtime_ns
+    from udfs import onnx_export
+    from udfs.embedding import content_digest
+
+    digest = content_digest(tiny_model)
+    assert onnx_export.onnx_model(tiny_model, digest, "int8", str(tmp_path / "a")) == str(folder / "model-int8.onnx")
+    assert (folder / "model-int8.onnx").stat().st_mtime_ns == stamp  # cached: not exported again
+    onnx_export.onnx_model(tiny_model, digest, "int8", str(tmp_path / "b"))  # a second, independent export
+    again = json.loads(next(p for p in (tmp_path / "b").iterdir() if p.is_dir()).joinpath("export.json").read_text())
+    assert again["files"] == manifest["files"]  # the same bytes: the export is reproducible
+    assert not list(folder.glob("*.tmp-*"))
+
+
+def test_onnx_spark_stage_and_model_ids(spark, tiny_model, tmp_path):
+    """The job's embed stage on the onnx backend gives the encoder's vectors; the cache key
+    (model id) separates backends and precisions, and torch ids read as before."""
+    from udfs.embedding import model_id
+
+    df = spark.createDataFrame([(f"u{i}", t) for i, t in enumerate(TEXTS)], "user_id string, text_clean string")
+    cache = str(tmp_path / "onnx")
+    out = embed_texts(df, tiny_model, batch_size=4, partitions=2, backend="onnx", precision="int8",
+                      onnx_cache=cache).orderBy("user_id").collect()
+    got = np.array([r.embedding for r in out], dtype=np.float32)
+    want = load_encoder(tiny_model, backend="onnx", precision="int8", onnx_cache=cache).encode(TEXTS)
+    # int8 quantises each batch's activations with the batch's own range, so a text's vector
+    # moves slightly with the texts batched beside it (measured here: <= 1e-4 per component).
+    np.testing.assert_allclose(got, want, atol=5e-4)
+    assert _cos(got, want).min() > 0.9999
+    ids = {model_id(tiny_model), model_id(tiny_model, precision="fp32"),
+           model_id(tiny_model, backend="onnx"), model_id(tiny_model, precision="int8", backend="onnx")}
+    assert len(ids) == 4 and model_id(tiny_model, backend="onnx") == model_id(tiny_model, precision="fp32", backend="onnx")
+    assert model_id(tiny_model).endswith("-auto") and model_id(tiny_model, backend="onnx").endswith("-onnx_fp32")
+
+
+@pytest.mark.parametrize("embed, message", [
+    ({"precision": "int8"}, "int8 needs embed.backend onnx"),
+    ({"backend": "onnx", "precision": "bf16"}, "must be auto, fp32 or int8"),
+    ({"backend": "onnx", "device": "cuda"}, "runs on the CPU"),
+    ({"backend": "tensorrt"}, "embed.backend"),
+])
+def test_backend_settings_are_checked(embed, message):
+    from jobs.config import ConfigError
+
+    from tests.conftest import local_conf
+
+    with pytest.raises(ConfigError, match=message):
+        local_conf({"embed": embed})

@@ -17,7 +17,7 @@ from tests.conftest import local_conf
 
 TEXT_MAP = {c: c for c in TEXT_COLUMNS["required"] + TEXT_COLUMNS["optional"]}
 EVENT_MAP = {c: c for c in EVENT_COLUMNS["required"] + EVENT_COLUMNS["optional"]}
-BOT_TEXTS = 100_000
+BOT_TEXTS = 5_000  # one user's texts: 5x ingest.max_texts_per_user (1,000) is enough to show the cap
 LONELY_USERS = 600
 
 
@@ -58,6 +58,11 @@ def test_duplicates_and_per_user_cap(spark):
     assert reasons == ["", "", "", "", "duplicate_row"]
 
 
+def _bot_ts(i: int) -> str:
+    """The bot's i-th text's time: one a second from 2026-01-01."""
+    return f"2026-01-{1 + i // 86400:02d}T{(i // 3600) % 24:02d}:{(i // 60) % 60:02d}:{i % 60:02d}Z"
+
+
 def _hostile_texts(path) -> dict:
     """A texts CSV with every kind of bad and odd row; returns what was planted."""
     long_text = ("very long review about a dress " * 40_000)[:1_000_000]  # 1 MB
@@ -82,9 +87,8 @@ def _hostile_texts(path) -> dict:
     lines.append(b's10,"invalid utf-8 \xff\xfe bytes in a phone review",2026-01-02,i1,en,,')
     for i in range(LONELY_USERS):  # very many users with one text each
         row(f"one{i:05d}", '"phone battery screen"' if i % 2 else '"dress shirt fabric"', "2026-01-03", "i1", "en")
-    for i in range(BOT_TEXTS):  # one user (a bot) with 100k texts
-        ts = f"2026-01-{1 + i // 86400:02d}T{(i // 3600) % 24:02d}:{(i // 60) % 60:02d}:{i % 60:02d}Z"
-        row("bot", f'"great dress number {i}"', ts, "i1", "en")
+    for i in range(BOT_TEXTS):  # one user (a bot) with very many texts
+        row("bot", f'"great dress number {i}"', _bot_ts(i), "i1", "en")
     path.write_bytes(b"\n".join(lines) + b"\n")
     return planted
 
@@ -128,7 +132,7 @@ def test_hostile_inputs_end_to_end(spark, tmp_path, tiny_model):
     us = _table(lake / "user_segments").set_index("user_id")
     assert us.loc["bot", "n_texts"] == 1000  # capped at ingest.max_texts_per_user, the most recent ones
     capped = q[(q.reason == "over_user_cap")].record.map(lambda r: json.loads(r)["ts"])
-    assert capped.max() == "2026-01-02T03:29:59Z"  # bot text 98999: the capped rows are the oldest ones
+    assert capped.max() == _bot_ts(BOT_TEXTS - 1001)  # the capped rows are the oldest ones
     # Odd but valid texts are segmented, not dropped: SQL-looking text, emoji + mixed scripts,
     # control characters, invalid UTF-8, a 1 MB text, a number-typed JSON user id.
     for uid in ("s1", "s2", "s3", "s4", "s5", "s9", "s10", "12345", "one00000", f"one{LONELY_USERS - 1:05d}"):

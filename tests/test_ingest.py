@@ -114,3 +114,37 @@ def test_event_reasons(spark, tmp_path):
                           "unknown_event_type", "missing_user_id", "missing_item_id", "unparsable_ts"])
     ok = df.where(F.col("reason").isNull()).orderBy("item_id").collect()
     assert [(r.event_type, r.rating) for r in ok] == [("view", None), ("rating", 4.5)]
+
+
+def test_small_inputs_run_with_settings_sized_to_them_and_put_back(spark):
+    """spark.small_input_rows: a small full run turns adaptive execution off and uses one
+    shuffle partition per core until the run ends; a larger input keeps the profile's settings."""
+    from jobs import config
+    from jobs.pipeline import RunContext, fit_to_input
+
+    keys = ("spark.sql.adaptive.enabled", "spark.sql.shuffle.partitions")
+    before = {k: spark.conf.get(k) for k in keys}
+    spark.conf.set("spark.sql.adaptive.enabled", "true")
+    spark.conf.set("spark.sql.shuffle.partitions", "8")
+    try:
+        conf = config.load(None, {"spark": {"small_input_rows": 1000}, "input": {"texts": {"path": "t.csv"}}})
+        big = RunContext(spark, conf, "r1", lake=None)
+        big.counts.update(texts_kept=900, events_kept=101)
+        fit_to_input(big)
+        assert [spark.conf.get(k) for k in keys] == ["true", "8"]  # 1,001 rows: not small
+        small = RunContext(spark, conf, "r2", lake=None)
+        small.counts.update(texts_kept=900, events_kept=100)
+        fit_to_input(small)
+        cores = str(spark.sparkContext.defaultParallelism)
+        assert [spark.conf.get(k) for k in keys] == ["false", cores]
+        small.release()
+        assert [spark.conf.get(k) for k in keys] == ["true", "8"]
+        off = RunContext(spark, config.load(None, {"spark": {"small_input_rows": 0}, "input": {"texts": {"path": "t.csv"}}}), "r3", lake=None)
+        off.counts.update(texts_kept=1)
+        fit_to_input(off)
+        assert spark.conf.get("spark.sql.adaptive.enabled") == "true"
+        with pytest.raises(config.ConfigError, match="spark.small_input_rows"):
+            config.load(None, {"spark": {"small_input_rows": -1}, "input": {"texts": {"path": "t.csv"}}})
+    finally:
+        for k, v in before.items():
+            spark.conf.set(k, v)

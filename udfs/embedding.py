@@ -19,7 +19,8 @@ import pandas as pd
 
 # One encoder per (path, device, precision) per Python worker process. Spark reuses
 # workers (spark.python.worker.reuse=true), so the model loads once per worker, not per task.
-_ENCODERS: dict[tuple[str, str, str], "Encoder"] = {}
+_ENCODERS: dict[tuple, "Encoder"] = {}
+BACKENDS = ("torch", "onnx")
 TOKENIZE_CHUNK = 1024  # texts per tokenizer call (bounds the encodings alive at once)
 CUT_CHARS_PER_TOKEN = 32  # texts longer than max_tokens x this are cut before tokenising
 
@@ -94,14 +95,11 @@ def model_max_tokens(path: str, fallback: int = 512) -> int:
     return fallback
 
 
-def model_id(path: str | None, max_tokens: int | None = None, precision: str = "auto") -> str:
-    """A stable id for "these vectors": the model directory's content (weights, config,
-    tokenizer; README files ignored), the truncation length and the precision setting.
-    A new revision of the model, or the same files elsewhere with other settings, gets
-    another id, so cached vectors of different models are never mixed."""
+def content_digest(path: str) -> str:
+    """The first 16 hex digits of the SHA-256 of a model directory's files (names and bytes;
+    README files ignored): the same model anywhere has the same digest, a new revision another."""
     import hashlib
 
-    path = resolve_model_path(path)
     digest = hashlib.sha256()
     for root, dirs, files in os.walk(path):
         dirs.sort()
@@ -113,9 +111,26 @@ def model_id(path: str | None, max_tokens: int | None = None, precision: str = "
             with open(full, "rb") as fh:
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def model_id(path: str | None, max_tokens: int | None = None, precision: str = "auto", backend: str = "torch") -> str:
+    """A stable id for "these vectors": the model directory's content (`content_digest`), the
+    truncation length, the backend and the precision setting. A new revision of the model, or
+    the same files with other settings, gets another id, so cached vectors of different models
+    are never mixed. The torch backend's ids read as before backends existed
+    (`<name>-<digest>-t<len>-<precision>`), so existing caches stay valid; ONNX's end in
+    `onnx_<precision>`."""
+    path = resolve_model_path(path)
     limit = max_tokens or model_max_tokens(path)
     name = os.path.basename(os.path.normpath(path)) or "model"
-    return f"{name}-{digest.hexdigest()[:16]}-t{limit}-{precision}"
+    setting = precision if backend == "torch" else f"{backend}_{_onnx_precision(precision)}"
+    return f"{name}-{content_digest(path)}-t{limit}-{setting}"
+
+
+def _onnx_precision(precision: str) -> str:
+    """ONNX Runtime runs on the CPU: auto means fp32 there, as for torch on a CPU."""
+    return "fp32" if precision == "auto" else precision
 
 
 def _pick_device(device: str) -> str:
@@ -203,57 +218,94 @@ class Encoder:
         Identical texts are embedded once. Texts are sorted by token length and cut into
         batches of at most `batch_size` rows and `token_budget` padded tokens, so padding
         stays small (dynamic padding) and long texts do not blow up a batch's memory.
-        Batches are built in numpy; on a GPU the results stay on the device until the end
-        (one synchronisation), so the CPU prepares the next batch while the GPU computes.
+        Batches are built in numpy and run through `pooled` (torch here, ONNX Runtime in
+        `OnnxEncoder`).
         """
-        import torch
-
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
         uniq, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
-        ids = self.tokenize(list(uniq), threads or torch.get_num_threads())
+        ids = self.tokenize(list(uniq), threads or self.default_threads())
         lens = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         order = np.argsort(lens, kind="stable")
         pad_id = self.tokenizer.pad_token_id or 0
-        on_gpu = str(self.device).startswith("cuda")
         done: list[tuple[np.ndarray, Any]] = []
         start = 0
-        with torch.inference_mode():
-            while start < len(order):
-                # Grow the batch while rows x longest length stays within the token budget
-                # (sorted ascending: the last row is the longest).
-                end = start + 1
-                while end < len(order) and end - start < batch_size:
-                    if (end - start + 1) * lens[order[end]] > token_budget:
-                        break
-                    end += 1
-                idx = order[start:end]
-                width = int(lens[idx[-1]])
-                batch = np.full((len(idx), width), pad_id, dtype=np.int64)
-                for row, i in enumerate(idx):
-                    batch[row, : lens[i]] = ids[i]
-                mask = (np.arange(width)[None, :] < lens[idx][:, None]).astype(np.int64)
-                input_ids, attn = torch.from_numpy(batch), torch.from_numpy(mask)
-                if on_gpu:
-                    input_ids, attn = input_ids.pin_memory(), attn.pin_memory()
-                input_ids = input_ids.to(self.device, non_blocking=True)
-                attn = attn.to(self.device, non_blocking=True)
-                hidden = self.model(input_ids=input_ids, attention_mask=attn).last_hidden_state.float()
-                m = attn.unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-                done.append((idx, pooled if on_gpu else pooled.numpy()))
-                start = end
+        while start < len(order):
+            # Grow the batch while rows x longest length stays within the token budget
+            # (sorted ascending: the last row is the longest).
+            end = start + 1
+            while end < len(order) and end - start < batch_size:
+                if (end - start + 1) * lens[order[end]] > token_budget:
+                    break
+                end += 1
+            idx = order[start:end]
+            width = int(lens[idx[-1]])
+            batch = np.full((len(idx), width), pad_id, dtype=np.int64)
+            for row, i in enumerate(idx):
+                batch[row, : lens[i]] = ids[i]
+            mask = (np.arange(width)[None, :] < lens[idx][:, None]).astype(np.int64)
+            done.append((idx, self.pooled(batch, mask)))
+            start = end
         vecs = np.zeros((len(uniq), self.dim), dtype=np.float32)
         for idx, pooled in done:
-            vecs[idx] = pooled.cpu().numpy() if on_gpu else pooled
+            vecs[idx] = pooled.cpu().numpy() if not isinstance(pooled, np.ndarray) else pooled
         out[:] = vecs[inverse]
         return out
 
+    def default_threads(self) -> int:
+        import torch
 
-def load_encoder(path: str | None, device: str = "auto", precision: str = "auto", max_tokens: int | None = None) -> Encoder:
-    """Load (once per process) the encoder for a local model directory."""
+        return torch.get_num_threads()
+
+    def pooled(self, batch: np.ndarray, mask: np.ndarray) -> Any:
+        """Unit mean-pooled vectors of one padded batch: numpy on the CPU; on a GPU a tensor left
+        on the device (one synchronisation at the end of `encode`, so the CPU prepares the next
+        batch while the GPU computes)."""
+        import torch
+
+        on_gpu = str(self.device).startswith("cuda")
+        input_ids, attn = torch.from_numpy(batch), torch.from_numpy(mask)
+        if on_gpu:
+            input_ids, attn = input_ids.pin_memory(), attn.pin_memory()
+        input_ids = input_ids.to(self.device, non_blocking=True)
+        attn = attn.to(self.device, non_blocking=True)
+        with torch.inference_mode():
+            hidden = self.model(input_ids=input_ids, attention_mask=attn).last_hidden_state.float()
+            m = attn.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        return pooled if on_gpu else pooled.numpy()
+
+
+@dataclass
+class OnnxEncoder(Encoder):
+    """The same encoder on ONNX Runtime (udfs/onnx_export.py): `model` is an InferenceSession of
+    the exported graph, which pools and normalises itself."""
+
+    hidden: int = 0
+    threads: int = 1
+
+    @property
+    def dim(self) -> int:
+        return self.hidden
+
+    def default_threads(self) -> int:
+        return self.threads
+
+    def pooled(self, batch: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return self.model.run(None, {"input_ids": batch, "attention_mask": mask})[0]
+
+
+def load_encoder(path: str | None, device: str = "auto", precision: str = "auto", max_tokens: int | None = None,
+                 backend: str = "torch", threads: int | None = None, onnx_cache: str | None = None) -> Encoder:
+    """Load (once per process) the encoder for a local model directory: torch (on `device`), or
+    ONNX Runtime on the CPU (`backend="onnx"`, precision fp32 or int8, `threads` intra-op
+    threads, exports cached under `onnx_cache`)."""
+    if backend == "onnx":
+        return _load_onnx(resolve_model_path(path), _onnx_precision(precision), max_tokens, threads or 1, onnx_cache)
+    if backend != "torch":
+        raise ValueError(f"embed backend must be one of {BACKENDS}, got {backend!r}")
     import torch
 
     path = resolve_model_path(path)
@@ -261,13 +313,9 @@ def load_encoder(path: str | None, device: str = "auto", precision: str = "auto"
     key = (path, dev, precision, max_tokens)
     if key in _ENCODERS:
         return _ENCODERS[key]
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub, even by accident
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # Spark already runs tasks in parallel
+    _hf_quiet()
     from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
     if precision == "auto":
         # Half precision only on GPUs; CPU inference stays fp32 (exact parity, no slow fp16 kernels).
         precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if dev.startswith("cuda") else "fp32"
@@ -278,6 +326,36 @@ def load_encoder(path: str | None, device: str = "auto", precision: str = "auto"
                                       trust_remote_code=False).to(dev).eval()
     limit = max_tokens or model_max_tokens(path, fallback=min(int(model.config.max_position_embeddings), 512))
     encoder = Encoder(tokenizer, model, dev, dtype, min(limit, int(model.config.max_position_embeddings)))
+    _ENCODERS[key] = encoder
+    return encoder
+
+
+def _hf_quiet() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub, even by accident
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # Spark already runs tasks in parallel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+
+
+def _load_onnx(path: str, precision: str, max_tokens: int | None, threads: int, onnx_cache: str | None) -> Encoder:
+    """The ONNX Runtime encoder: the model exported once per node (udfs/onnx_export.onnx_model)."""
+    from udfs import onnx_export
+
+    key = (path, "onnx", precision, max_tokens, threads, onnx_cache)
+    if key in _ENCODERS:
+        return _ENCODERS[key]
+    _hf_quiet()
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    session = onnx_export.open_session(onnx_export.onnx_model(path, content_digest(path), precision, onnx_cache),
+                                       threads)
+    limit = max_tokens or model_max_tokens(path, fallback=min(int(config.max_position_embeddings), 512))
+    encoder = OnnxEncoder(tokenizer, session, "cpu", precision, min(limit, int(config.max_position_embeddings)),
+                          hidden=int(config.hidden_size), threads=threads)
     _ENCODERS[key] = encoder
     return encoder
 
@@ -302,8 +380,11 @@ def embed_udf(
     precision: str = "auto",
     threads: int | None = None,
     task_hook: Callable[[str], None] | None = None,
+    backend: str = "torch",
+    onnx_cache: str | None = None,
 ):
-    """Iterator pandas UDF: string column -> array<float> unit embeddings.
+    """Iterator pandas UDF: string column -> array<float> unit embeddings, on `backend`
+    (torch, or onnx: ONNX Runtime on the CPU).
 
     Settings are plain values captured in the closure (read from conf on the driver).
     `task_hook("embed")` runs first in every task: where a test injects task failures
@@ -313,16 +394,17 @@ def embed_udf(
 
     @pandas_udf("array<float>")
     def _embed(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
-        import torch
-
         if task_hook is not None:
             task_hook("embed")
         # One thread per task core: two tasks on two cores must not fight over both.
-        torch.set_num_threads(threads or task_cpus())
-        encoder = load_encoder(model_path, device, precision, max_tokens)
+        cores = threads or task_cpus()
+        if backend == "torch":
+            import torch
+
+            torch.set_num_threads(cores)
+        encoder = load_encoder(model_path, device, precision, max_tokens, backend, cores, onnx_cache)
         for texts in batches:
-            vecs = encoder.encode([t if isinstance(t, str) else "" for t in texts], batch_size, token_budget,
-                                  threads or task_cpus())
+            vecs = encoder.encode([t if isinstance(t, str) else "" for t in texts], batch_size, token_budget, cores)
             yield pd.Series(list(vecs))
 
     return _embed
