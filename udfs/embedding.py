@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pandas as pd
 
-# One encoder per (path, device, precision) per Python worker process. Spark reuses
+# One encoder per (path, backend, device, precision, ...) per Python worker process. Spark reuses
 # workers (spark.python.worker.reuse=true), so the model loads once per worker, not per task.
 _ENCODERS: dict[tuple, "Encoder"] = {}
 BACKENDS = ("torch", "onnx")
