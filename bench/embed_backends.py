@@ -44,6 +44,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -208,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     args.max_tokens = model_max_tokens(args.model_path)
     work = Path(args.work)
     # A fresh export cache: the first ONNX point's export time is the cold export.
-    args.onnx_cache = tempfile.mkdtemp(prefix="onnx-", dir=str(work) if work.exists() else None)
+    work.mkdir(parents=True, exist_ok=True)
+    args.onnx_cache = tempfile.mkdtemp(prefix="onnx-", dir=str(work))
     words = et.vocab_words(args.model_path)
     texts = {"short": et.make_texts(words, args.short, et.SETS["short"], args.seed),
              "long": et.make_texts(words, args.long, et.SETS["long"], args.seed + 1),
@@ -237,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - t0
     load_end = os.getloadavg()
     write_report(args, argv, runs, vec_files, lens, nmi, total, load_start, load_end)
+    shutil.rmtree(args.onnx_cache, ignore_errors=True)  # (~150 MB of exports per run)
     return 0
 
 
