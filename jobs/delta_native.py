@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-log = logging.getLogger(__name__)
 from jobs.delta_base import (CREATE_PROPERTIES, DeltaSchemaMismatch, RUN_ID_RE, is_conflict, missing_properties,
                              only_new_columns, schema_differences, strip_nullability)
+
+log = logging.getLogger(__name__)
+HISTORY_LOOKBACK = 10  # commits searched for a write's own (concurrent writers are rare: jobs/lock.py)
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,6 +105,7 @@ def write(df: DataFrame, path: str, partition_by: str | None, run_id: str | None
         detail = _native_detail(spark, path)
         _check_native_partitioning(detail, path, partition_by)
     writer = _native_writer(df, path, partition_by, existing, properties, detail)
+    tag = commit_tag(spark)
     if existing is not None and add_columns:
         writer = writer.option("mergeSchema", "true")  # additive evolution only
     if run_id is None:
@@ -115,14 +118,14 @@ def write(df: DataFrame, path: str, partition_by: str | None, run_id: str | None
                 raise ValueError(f"invalid {partition_by} values: {bad[:5]} (partition values must be non-null "
                                  f"and match {RUN_ID_RE.pattern})")
         # static: the whole table, even where the session sets dynamic partition overwrite.
-        writer.mode("overwrite").option("partitionOverwriteMode", "static").save(path)
-        return spark.read.format("delta").load(path).count()
+        writer.mode("overwrite").option("partitionOverwriteMode", "static").option("userMetadata", tag).save(path)
+        return _rows_committed(spark, path, tag, lambda: spark.read.format("delta").load(path).count())
     # replaceWhere, also for a new table: Delta checks every written row against the predicate
     # inside the write (no second pass over df), and a table another job created meanwhile keeps
     # its other runs. (Sail rejects replaceWhere on a missing table: there, append creates it.)
     where = f"`{partition_by}` = '{run_id}'"
     try:
-        writer.mode("overwrite").option("replaceWhere", where).save(path)
+        writer.mode("overwrite").option("replaceWhere", where).option("userMetadata", tag).save(path)
     except Exception as exc:  # noqa: BLE001 - translated or re-raised
         text = str(exc)
         if "DELTA_REPLACE_WHERE_MISMATCH" in text or "DELTA_VIOLATE_CONSTRAINT" in text:
@@ -130,9 +133,33 @@ def write(df: DataFrame, path: str, partition_by: str | None, run_id: str | None
                              f"{path} (nothing was committed)") from None
         if existing is not None or schema_or_none(spark, path) is not None or is_conflict(exc):
             raise
-        writer.mode("append").save(path)  # an engine without replaceWhere on a missing table
-    # Count from the committed partition instead of df.count(): no second pass over df's lineage.
-    return spark.read.format("delta").load(path).where(F.col(partition_by) == run_id).count()
+        writer.mode("append").option("userMetadata", tag).save(path)  # an engine without replaceWhere on a missing table
+    return _rows_committed(spark, path, tag,
+                           lambda: spark.read.format("delta").load(path).where(F.col(partition_by) == run_id).count())
+
+
+def commit_tag(spark: SparkSession) -> str:
+    """The commit's userMetadata: a token that finds this write's commit in the table history
+    (after the session's own userMetadata, if it sets one)."""
+    own = spark.conf.get("spark.databricks.delta.commitInfo.userMetadata", None)
+    token = f"seglake-write-{uuid.uuid4().hex[:16]}"
+    return f"{own} ({token})" if own else token
+
+
+def _rows_committed(spark: SparkSession, path: str, tag: str, count: Callable[[], int]) -> int:
+    """Rows the commit tagged `tag` wrote, from its operation metrics in the table history: a
+    read of the last few commit files, where counting the written partition (the fallback,
+    for engines or tables without those metrics) reads the new snapshot and scans its files.
+    Neither makes a second pass over the written frame's lineage."""
+    try:
+        history = spark.sql(f"DESCRIBE HISTORY {path_sql(path)} LIMIT {HISTORY_LOOKBACK}").collect()
+    except Exception:  # noqa: BLE001 - an engine without DESCRIBE HISTORY (Sail): count instead
+        return count()
+    for row in history:
+        if row["userMetadata"] == tag:
+            rows = (row["operationMetrics"] or {}).get("numOutputRows")
+            return int(rows) if rows is not None else count()
+    return count()  # (more than HISTORY_LOOKBACK commits since ours: other writers)
 
 
 def merge(df: DataFrame, path: str, partition_by: str | None, predicate: str,
