@@ -382,6 +382,29 @@ def test_delta_rs_tables_read_the_same_in_delta_spark_and_sail(spark, tmp_path):
     assert _spark_read(spark, path, "delta-rs")[0] == 12
 
 
+def test_rows_written_come_from_the_commit_and_without_its_metrics_from_a_count(spark, tmp_path):
+    """write_run's row count: the tagged commit's numOutputRows, where Delta records metrics; a
+    count of the committed partition where it does not. The session's own userMetadata stays."""
+    path = str(tmp_path / "t")
+
+    def rows(run_id: str, n: int):
+        return spark.range(n).select(F.lit(run_id).alias("run_id"), F.col("id"))
+
+    key, meta = "spark.databricks.delta.history.metricsEnabled", "spark.databricks.delta.commitInfo.userMetadata"
+    spark.conf.set(meta, "nightly load")
+    try:
+        assert write_run(rows("r1", 7), path, "r1", engine="native") == 7
+        assert write_run(rows("r1", 3), path, "r1", engine="native") == 3  # replaced, not added
+        spark.conf.set(key, "false")
+        assert write_run(rows("r2", 5), path, "r2", engine="native") == 5
+    finally:
+        spark.conf.unset(key)
+        spark.conf.unset(meta)
+    history = spark.sql(f"DESCRIBE HISTORY delta.`{path}`").orderBy("version").collect()
+    assert [(h.operationMetrics or {}).get("numOutputRows") for h in history] == ["7", "3", None]
+    assert all(h.userMetadata.startswith("nightly load (seglake-write-") for h in history)
+
+
 def test_tables_never_get_deletion_vectors(spark, tmp_path):
     """A session (Databricks' defaults, say) that turns deletion vectors on for new tables: SegLake's
     tables still come without them, so delta-rs (seglake-explain) reads them. The same table
