@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import subprocess_profile
 from pyspark.sql import functions as F
 
-from jobs import assign, delta_io, delta_jars, maintain
+from jobs import assign, delta_io, delta_jars, delta_native, maintain
 from jobs.delta_io import DeltaConflict, merge, read_table, write_run
 from jobs.segment_users import run as full_run
 from tests.test_assign import F1_TEXTS, NEW_TEXTS, OTHER_TEXTS, _conf, _csv, _segments, _table
@@ -403,6 +403,10 @@ def test_rows_written_come_from_the_commit_and_without_its_metrics_from_a_count(
     history = spark.sql(f"DESCRIBE HISTORY delta.`{path}`").orderBy("version").collect()
     assert [(h.operationMetrics or {}).get("numOutputRows") for h in history] == ["7", "3", None]
     assert all(h.userMetadata.startswith("nightly load (seglake-write-") for h in history)
+    # The count fallback runs only where the tagged commit has no metrics.
+    tags = [h.userMetadata for h in history]
+    assert delta_native._rows_committed(spark, path, tags[1], lambda: -1) == 3
+    assert delta_native._rows_committed(spark, path, tags[2], lambda: -1) == -1
 
 
 def test_tables_never_get_deletion_vectors(spark, tmp_path):
