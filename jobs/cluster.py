@@ -219,7 +219,20 @@ def kmeans_model(spark, centers: np.ndarray, cost: float, distance: str = "eucli
     java_model.set(java_model.distanceMeasure(), distance).set(java_model.k(), len(centers))
     model._transfer_params_from_java()
     model.seglake_cost = float(cost)
+    model.seglake_centers = np.asarray(centers, dtype=np.float64)
     return model
+
+
+def predict_local(model, x: np.ndarray, distance: str = "euclidean") -> np.ndarray:
+    """The segment of each row of `x` (n x d, on the driver) by the model's own rule: the
+    nearest centre (cosine: of the unit row), the first one on a tie, as MLlib predicts."""
+    centers = getattr(model, "seglake_centers", None)
+    if centers is None:
+        centers = np.vstack(model.clusterCenters())
+    cosine = distance == "cosine"
+    if cosine:
+        x, centers = driver_kmeans._normalise(x), driver_kmeans._normalise(centers)
+    return driver_kmeans._cost_matrix(x, np.einsum("ij,ij->i", x, x), centers, cosine).argmin(axis=1)
 
 
 def concat_models(spark, models: dict[str, object], distance: str = "euclidean") -> tuple[object, dict[str, list[int]]]:
@@ -332,13 +345,7 @@ def sweep_k(users: DataFrame, k_min: int, k_max: int, *, n_users: int, sample_si
                     init_steps=init_steps, driver_n_init=driver_n_init, local=local)
         if sample_size >= n_users and local is None:  # (a driver fit is refitted with its final restarts)
             models[k] = model
-        pred = model.transform(sample).cache()
-        used = pred.select("segment_id").distinct().count()
-        # A k whose fit collapsed to a single non-empty cluster has no silhouette.
-        row = {"k": k, "silhouette": silhouette(pred, distance) if used > 1 else float("nan"),
-               "cost": training_cost(model), "sample_size": n_sample}
-        row.update(metrics.quality(pred))
-        pred.unpersist()
+        row = {"k": k, **score(model, sample, local, distance), "cost": training_cost(model), "sample_size": n_sample}
         scores.append(row)
         log.info("k=%d silhouette=%.4f DB=%.3f CH=%.1f cost=%.2f (sample of %d users)", k, row["silhouette"],
                  row["davies_bouldin"], row["calinski_harabasz"], row["cost"], n_sample)
@@ -348,6 +355,23 @@ def sweep_k(users: DataFrame, k_min: int, k_max: int, *, n_users: int, sample_si
     return k, scores, models.get(k), sample
 
 
+def score(model, sample: DataFrame, local: np.ndarray | None, distance: str) -> dict:
+    """A k's silhouette, WSSSE, Davies-Bouldin, Calinski-Harabasz and balance on the sample: on
+    the driver when the sample is there (`local`, the same formulas: jobs/metrics.py), else in
+    Spark. A fit that collapsed to a single non-empty cluster has no silhouette."""
+    if local is not None:
+        labels = predict_local(model, local, distance)
+        one = len(np.unique(labels)) < 2
+        return {"silhouette": float("nan") if one else metrics.local_silhouette(local, labels, distance),
+                **metrics.local_quality(local, labels)}
+    pred = model.transform(sample).cache()
+    try:
+        used = pred.select("segment_id").distinct().count()
+        return {"silhouette": silhouette(pred, distance) if used > 1 else float("nan"), **metrics.quality(pred)}
+    finally:
+        pred.unpersist()
+
+
 def stability(sample: DataFrame, k: int, seeds: list[int], *, algorithm: str = "kmeans", max_iter: int = 40,
               distance: str = "euclidean", n_init: int = 1, init_steps: int = 2, driver_fit_max_users: int = 0,
               driver_n_init: int = 10) -> float:
@@ -355,6 +379,10 @@ def stability(sample: DataFrame, k: int, seeds: list[int], *, algorithm: str = "
     (each fit as the job does it, n_init restarts included). 1 = the same segments."""
     pred = sample.select("features")
     local = driver_rows(sample, algorithm, driver_fit_max_users)
+    if local is not None:  # (fitted and compared on the driver)
+        return metrics.local_pairwise_ari([
+            predict_local(fit(sample, k, seed=seed, distance=distance, driver_n_init=driver_n_init, local=local),
+                          local, distance) for seed in seeds])
     cols = []
     for i, seed in enumerate(seeds):
         model = fit(sample, k, algorithm=algorithm, seed=seed, max_iter=max_iter, distance=distance, n_init=n_init,

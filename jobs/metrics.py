@@ -10,6 +10,10 @@ second pass with the k means broadcast). From those:
 * balance: smallest and largest share, size entropy normalised to [0, 1] (1 = equal sizes)
 * silhouette: MLlib's ClusteringEvaluator with the model's distance (see jobs.cluster)
 
+A sample already on the driver (the k sweep's, when it is small enough for a driver fit) is
+scored by `local_quality` and `local_silhouette`: the same formulas on numpy arrays, with no
+Spark job (a k's scores took about 40 of them).
+
 Davies-Bouldin and Calinski-Harabasz use euclidean geometry whatever the model's distance
 (for cosine models on unit vectors the ranking of k is the same).
 """
@@ -97,6 +101,49 @@ def quality(pred: DataFrame, features_col: str = "features") -> dict:
     return from_sums(counts, means, sq, spread)
 
 
+def local_quality(x: np.ndarray, labels: np.ndarray) -> dict:
+    """`quality` of rows `x` (n x d) labelled `labels`, on the driver (the same aggregates)."""
+    ids, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    sums = np.zeros((len(ids), x.shape[1]))
+    np.add.at(sums, inverse, x)
+    means = sums / counts[:, None]
+    sq = np.bincount(inverse, weights=np.einsum("ij,ij->i", x, x), minlength=len(ids))
+    spread = None
+    if len(ids) > 1:
+        spread = np.bincount(inverse, weights=np.linalg.norm(x - means[inverse], axis=1),
+                             minlength=len(ids)) / counts
+    return from_sums(counts.astype(np.float64), means, sq, spread)
+
+
+def local_silhouette(x: np.ndarray, labels: np.ndarray, distance: str = "euclidean") -> float:
+    """MLlib's silhouette (ClusteringEvaluator: squared euclidean, or cosine on unit rows) of
+    rows `x` labelled `labels`, on the driver. As MLlib computes it: a point's mean distance to
+    a cluster from the cluster's sums (exact for these distances), its own cluster's rescaled
+    by n / (n - 1) to leave the point out, 0 for a point alone in its cluster."""
+    ids, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    if len(ids) < 2:
+        raise ValueError("the silhouette needs more than one non-empty cluster")
+    if distance == "cosine":
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-300)
+    sums = np.zeros((len(ids), x.shape[1]))
+    np.add.at(sums, inverse, x)
+    if distance == "cosine":
+        mean_d = 1.0 - (x @ sums.T) / counts[None, :]
+    else:
+        sq = np.einsum("ij,ij->i", x, x)
+        sq_sums = np.bincount(inverse, weights=sq, minlength=len(ids))
+        mean_d = sq[:, None] + (sq_sums / counts)[None, :] - 2.0 * (x @ sums.T) / counts[None, :]
+    rows = np.arange(len(x))
+    n_own = counts[inverse].astype(np.float64)
+    alone = n_own == 1
+    own = mean_d[rows, inverse] * n_own / np.where(alone, 2.0, n_own - 1.0)
+    mean_d[rows, inverse] = np.inf
+    other = mean_d.min(axis=1)
+    coef = np.where(own < other, 1.0 - own / np.where(other == 0, 1.0, other),
+                    np.where(own > other, other / np.where(own == 0, 1.0, own) - 1.0, 0.0))
+    return float(np.mean(np.where(alone, 0.0, coef)))
+
+
 def adjusted_rand(pairs: list[tuple[int, int, int]]) -> float:
     """ARI from a contingency table given as (label_a, label_b, count) rows."""
     if not pairs:
@@ -113,6 +160,16 @@ def adjusted_rand(pairs: list[tuple[int, int, int]]) -> float:
     expected = sa * sb / comb(n) if n > 1 else 0.0
     top = (sa + sb) / 2.0
     return 1.0 if top == expected else float((index - expected) / (top - expected))
+
+
+def local_pairwise_ari(labelings: list[np.ndarray]) -> float:
+    """`pairwise_ari` of label arrays of the same rows, on the driver."""
+    scores = []
+    for i in range(len(labelings)):
+        for j in range(i + 1, len(labelings)):
+            pairs, counts = np.unique(np.stack([labelings[i], labelings[j]], axis=1), axis=0, return_counts=True)
+            scores.append(adjusted_rand([(int(a), int(b), int(c)) for (a, b), c in zip(pairs, counts)]))
+    return float(np.mean(scores)) if scores else float("nan")
 
 
 def pairwise_ari(pred: DataFrame, cols: list[str]) -> float:
