@@ -12,7 +12,7 @@ second pass with the k means broadcast). From those:
 
 A sample already on the driver (the k sweep's, when it is small enough for a driver fit) is
 scored by `local_quality` and `local_silhouette`: the same formulas on numpy arrays, with no
-Spark job (a k's scores took about 40 of them).
+Spark job (in Spark, a k's scores ran about 40 stages).
 
 Davies-Bouldin and Calinski-Harabasz use euclidean geometry whatever the model's distance
 (for cosine models on unit vectors the ranking of k is the same).
