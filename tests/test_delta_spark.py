@@ -219,6 +219,19 @@ def _copy_lake(src: Path, dst: Path) -> Path:
     return dst / "lake"
 
 
+@pytest.fixture(scope="module")
+def cdf_one_batch(spark, tiny_model, cdf_lake, tmp_path_factory) -> Path:
+    """The reference the concurrent and streamed batches below must equal: F1_TEXTS and
+    OTHER_TEXTS applied to a copy of cdf_lake in one plain batch (read only). The two sets touch
+    disjoint users, so one batch equals them applied one after the other, in either order."""
+    tmp = tmp_path_factory.mktemp("cdf-one")
+    lake = _copy_lake(cdf_lake, tmp)
+    texts = _csv(tmp / "in" / "texts.csv", "user_id,text,ts,item_id,lang", F1_TEXTS + OTHER_TEXTS)
+    conf = _conf(tmp, tiny_model, run_id="one", assign__texts__path=texts)
+    assign.run(spark, {**conf, "output": {**conf["output"], "root": str(lake)}})
+    return lake
+
+
 def test_change_data_feed_shows_who_changed_segment(spark, tiny_model, cdf_lake, tmp_path):
     lake = _copy_lake(cdf_lake, tmp_path)
     us = str(lake / "user_segments")
@@ -245,13 +258,13 @@ def test_change_data_feed_shows_who_changed_segment(spark, tiny_model, cdf_lake,
     assert _protocol(us)[0] == 1 and len(_table(us)) == len(after)
 
 
-def test_two_assign_batches_racing_apply_once(spark, tiny_model, cdf_lake, tmp_path):
+def test_two_assign_batches_racing_apply_once(spark, tiny_model, cdf_lake, cdf_one_batch, tmp_path):
     """Two batches on one root at once with the lock off (as on S3, where it is best effort):
     Delta's optimistic concurrency refuses a MERGE over a commit it did not see; the loser
     reports it (DeltaConflict: exit 4), a rerun completes it, and the state equals the batches
-    applied one after the other."""
+    applied without a race (`cdf_one_batch`)."""
     lake = _copy_lake(cdf_lake, tmp_path / "race")
-    seq = _copy_lake(cdf_lake, tmp_path / "seq")
+    ref = cdf_one_batch
     t1 = _csv(tmp_path / "b1" / "texts.csv", "user_id,text,ts,item_id,lang", F1_TEXTS)
     t2 = _csv(tmp_path / "b2" / "texts.csv", "user_id,text,ts,item_id,lang", OTHER_TEXTS)
 
@@ -265,26 +278,24 @@ def test_two_assign_batches_racing_apply_once(spark, tiny_model, cdf_lake, tmp_p
         if isinstance(res, Exception):
             assert isinstance(res, DeltaConflict), repr(res)
             assign.run(spark, conf(lake, texts, rid))  # the rerun the message asks for
-    assign.run(spark, conf(seq, t1, "b1"))
-    assign.run(spark, conf(seq, t2, "b2"))
 
     for name in ("user_vectors",):
         got = _table(lake / name).set_index("user_id").sort_index()
-        want = _table(seq / name).set_index("user_id").sort_index()
+        want = _table(ref / name).set_index("user_id").sort_index()
         assert list(got.index) == list(want.index) and got.index.is_unique
         assert (got.n_texts == want.n_texts).all()
     assert got.loc["f1", "n_texts"] == 18  # applied once
-    s, q = _segments(lake), _segments(seq)
+    s, q = _segments(lake), _segments(ref)
     assert list(s.index) == list(q.index) and (s.segment_id == q.segment_id).all()
     runs = _table(lake / "assign_runs").set_index("run_id")
     assert set(runs.index) == {"b1", "b2"} and (runs.status == "succeeded").all()
 
 
-def test_stream_from_delta_tables_resumes_from_its_checkpoint(spark, tiny_model, cdf_lake, tmp_path):
+def test_stream_from_delta_tables_resumes_from_its_checkpoint(spark, tiny_model, cdf_lake, cdf_one_batch, tmp_path):
     """seglake-assign --stream over Delta input tables (readStream.format("delta"), availableNow):
     a restart processes only the rows appended since, and the result equals one batch."""
     lake = _copy_lake(cdf_lake, tmp_path / "s")
-    once = _copy_lake(cdf_lake, tmp_path / "b")
+    once = cdf_one_batch
     cols = "user_id string, text string, ts string, item_id string, lang string"
 
     def rows(lines):
@@ -301,9 +312,6 @@ def test_stream_from_delta_tables_resumes_from_its_checkpoint(spark, tiny_model,
     second = assign.run_stream(spark, conf)  # the restart: only the appended rows
     assert sum(r.counts["texts_read"] for r in second) == len(OTHER_TEXTS)
 
-    texts = _csv(tmp_path / "all" / "texts.csv", "user_id,text,ts,item_id,lang", F1_TEXTS + OTHER_TEXTS)
-    bconf = _conf(tmp_path / "bb", tiny_model, run_id="one", assign__texts__path=texts)
-    assign.run(spark, {**bconf, "output": {**bconf["output"], "root": str(once)}})
     s, b = _segments(lake), _segments(once)
     assert list(s.index) == list(b.index) and (s.segment_id == b.segment_id).all()
     sv = _table(lake / "user_vectors").set_index("user_id").sort_index()
