@@ -19,7 +19,7 @@ setup(
         "transformers>=4.40",
         "torch>=2.2",
         "pyyaml>=6",
-        "jieba>=0.42",
+        "rjieba>=0.2.2,<0.3",
         "numpy>=1.26",
         "matplotlib>=3.7",
         "scipy>=1.11",

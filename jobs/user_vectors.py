@@ -77,16 +77,14 @@ def text_state(df: DataFrame, pooling: str = "mean", half_life_days: float = 30.
         data = data.withColumn("lang", F.lit(None).cast("string"))
     # Term counts (lexical): summed in this same groupBy. (Recency pooling weighs the vectors;
     # term counts are plain counts, so old and new ones add up.)
-    if lexical:
-        data = data.withColumn("_tc", lex.text_counts_udf()(F.col(text_col)))
-    terms = [F.collect_list("_tc").alias("_tcs")] if lexical else []
+    terms = [F.collect_list(text_col).alias("_texts")] if lexical else []
     pooled = data.groupBy("user_id").agg(
         Summarizer.mean(F.col("_v"), F.col("_w")).alias("_mean"),
         F.sum("_w").alias("text_weight"),
         F.count(F.lit(1)).alias("n_texts"),
         F.max("ts").alias("last_text_ts"),
         *terms,
-    ).withColumn("term_counts", lex.add_counts(F.col("_tcs")) if lexical else F.lit(None).cast(_EMPTY_COUNTS))
+    ).withColumn("term_counts", lex.user_counts(F.col("_texts")) if lexical else F.lit(None).cast(_EMPTY_COUNTS))
     langs = _count_map(data, "lang")
     pooled = pooled.join(langs, "user_id", "left")
     return pooled.select("user_id", vector_to_array("_mean").alias("text_mean"), "text_weight", "n_texts",

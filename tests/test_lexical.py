@@ -7,6 +7,7 @@ import pytest
 
 from jobs import lexical
 from jobs.user_vectors import combine_state, features, user_state
+from tests.conftest import ROOT
 from udfs.terms import words
 
 SCHEMA = "user_id string, embedding array<float>, ts timestamp, lang string, text_clean string"
@@ -24,6 +25,25 @@ def test_words_by_script():
     assert words("テスト") == ["テス", "スト"]  # unspaced script: character bigrams
     assert words("电池 battery [EMAIL] [PHONE]") == ["电池", "battery"]  # mask tokens are not words
     assert words(None) == [] and words("") == []
+
+
+def test_chinese_words_are_jiebas():
+    """The segmenter (rjieba, jieba in Rust) cuts every Han run of the sample's Chinese texts
+    exactly as jieba does (HMM on in both): the faster library changes no word."""
+    import logging
+
+    import jieba
+    import rjieba
+
+    from udfs.terms import _HAN_RE, _RUN_RE
+
+    jieba.setLogLevel(logging.WARNING)
+    texts = pd.read_csv(ROOT / "data" / "sample" / "texts.csv", dtype=str)
+    runs = {r for t in texts.loc[texts["lang"] == "zh", "text"].dropna() for r in _RUN_RE.split(t)
+            if r and _HAN_RE.match(r)}
+    assert len(runs) > 500
+    differ = sorted(r for r in runs if rjieba.cut(r) != jieba.lcut(r))
+    assert not differ, f"{len(differ)} of {len(runs)} Han runs cut differently, e.g. {differ[:3]}"
 
 
 def _dense_tfidf(keys, counts, vocab, idf):

