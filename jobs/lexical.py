@@ -173,11 +173,17 @@ def tfidf(keys: pd.Series, counts: pd.Series, index: pd.Index, idf: np.ndarray) 
     """Each row's sublinear TF x IDF over the vocabulary `index`, L2-normalised (terms not in
     the vocabulary are ignored; a row without any stays empty)."""
     lens = np.fromiter((len(k) for k in keys), dtype=np.int64, count=len(keys))
-    n = len(keys)
     if lens.sum() == 0:
-        return Sparse(np.zeros(n + 1, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0), len(index))
+        return _weighted(lens, np.zeros(0, dtype=np.int64), np.zeros(0), idf, len(index))
     cols = index.get_indexer(np.concatenate([np.asarray(k, dtype=object) for k in keys if len(k)]))
     vals = np.concatenate([np.asarray(c, dtype=np.float64) for c in counts if len(c)])
+    return _weighted(lens, cols, vals, idf, len(index))
+
+
+def _weighted(lens: np.ndarray, cols: np.ndarray, vals: np.ndarray, idf: np.ndarray, n_cols: int) -> Sparse:
+    """`tfidf` from the rows' entries laid end to end: `lens` entries a row, their vocabulary
+    columns (-1: not in the vocabulary) and counts."""
+    n = len(lens)
     rows = np.repeat(np.arange(n), lens)
     keep = cols >= 0
     rows, cols, vals = rows[keep], cols[keep], vals[keep]
@@ -187,7 +193,7 @@ def tfidf(keys: pd.Series, counts: pd.Series, index: pd.Index, idf: np.ndarray) 
     norms = np.sqrt(np.bincount(rows, weights=vals * vals, minlength=n))
     vals = vals / norms[rows]
     indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))])
-    return Sparse(indptr, cols, vals, len(index))
+    return Sparse(indptr, cols, vals, n_cols)
 
 
 def truncated_svd(x: Sparse, dim: int, seed: int, n_iter: int = 7, oversample: int = 10) -> np.ndarray:
@@ -217,31 +223,49 @@ def truncated_svd(x: Sparse, dim: int, seed: int, n_iter: int = 7, oversample: i
 _WORKER: dict[str, tuple] = {}  # lexicon key -> (vocabulary index, idf, components^T): once per worker
 
 
-def project(keys: pd.Series, counts: pd.Series, index: pd.Index, idf: np.ndarray, comp_t: np.ndarray) -> np.ndarray:
-    """Users' lexical vectors l (rows; zero for a user without vocabulary terms)."""
-    y = tfidf(keys, counts, index, idf).dot(comp_t)
+def project(maps, vocabulary, idf: np.ndarray, comp_t: np.ndarray) -> np.ndarray:
+    """Users' lexical vectors l (rows; zero for a user without vocabulary terms) from an Arrow
+    map<string, bigint> array of term counts (no nulls), over `vocabulary` (an Arrow string
+    array): the terms are looked up in Arrow's C++ (pyarrow.compute.index_in),
+    no Python string is made. (The pandas UDF turned every user's terms into Python strings
+    first: at 1M users, 40M of them.)"""
+    import pyarrow.compute as pc
+
+    offsets = maps.offsets.to_numpy()
+    start, length = int(offsets[0]), int(offsets[-1] - offsets[0])  # (.keys ignores a slice)
+    cols = pc.index_in(maps.keys.slice(start, length), value_set=vocabulary).fill_null(-1)
+    vals = maps.items.slice(start, length).to_numpy(zero_copy_only=False).astype(np.float64)
+    x = _weighted(np.diff(offsets), cols.to_numpy(zero_copy_only=False).astype(np.int64), vals, idf, len(vocabulary))
+    return _unit_rows(x.dot(comp_t))
+
+
+def _unit_rows(y: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(y, axis=1, keepdims=True)
     return np.divide(y, norms, out=np.zeros_like(y), where=norms > 0)
 
 
 def vectors(lexicon: Lexicon, counts: str = "term_counts") -> Column:
-    """Column: the user's lexical vector (array<double>, length lexicon.dim) from `counts`."""
-    from pyspark.sql.functions import pandas_udf
+    """Column: the user's lexical vector (array<double>, length lexicon.dim) from `counts`
+    (an Arrow UDF: pyarrow arrays in and out)."""
+    import pyarrow as pa
+    from pyspark.sql.functions import arrow_udf
 
     bc = SparkSession.getActiveSession().sparkContext.broadcast(
         (list(lexicon.terms), lexicon.idf, np.ascontiguousarray(lexicon.components.T)))
     key = uuid.uuid4().hex  # (a worker's Broadcast has no id of its own)
 
-    @pandas_udf("array<double>")
-    def _lexical(keys: pd.Series, values: pd.Series) -> pd.Series:
+    def _lexical(maps: pa.Array) -> pa.Array:
         if key not in _WORKER:
             terms, idf, comp_t = bc.value
-            _WORKER[key] = (pd.Index(terms), idf, comp_t)
-        y = project(keys, values, *_WORKER[key])
-        return pd.Series(list(y), dtype=object)
+            _WORKER[key] = (pa.array(terms, type=pa.string()), idf, comp_t)
+        y = project(maps, *_WORKER[key])
+        offsets = pa.array(np.arange(len(y) + 1, dtype=np.int32) * y.shape[1])
+        return pa.ListArray.from_arrays(offsets, pa.array(y.ravel(), type=pa.float64()))
 
-    m = F.coalesce(F.col(counts), F.create_map().cast(_MAP))
-    return _lexical(F.map_keys(m), F.map_values(m))
+    # (Spark reads the UDF's kind from its hints; this module's annotations are strings.)
+    _lexical.__annotations__ = {"maps": pa.Array, "return": pa.Array}
+    _lexical = arrow_udf(_lexical, "array<double>")
+    return _lexical(F.coalesce(F.col(counts), F.create_map().cast(_MAP)))
 
 
 def top_terms(lexicon: Lexicon, centre: np.ndarray, n: int = 10) -> list[str]:

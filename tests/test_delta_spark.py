@@ -227,8 +227,7 @@ def cdf_one_batch(spark, tiny_model, cdf_lake, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("cdf-one")
     lake = _copy_lake(cdf_lake, tmp)
     texts = _csv(tmp / "in" / "texts.csv", "user_id,text,ts,item_id,lang", F1_TEXTS + OTHER_TEXTS)
-    conf = _conf(tmp, tiny_model, run_id="one", assign__texts__path=texts)
-    assign.run(spark, {**conf, "output": {**conf["output"], "root": str(lake)}})
+    assign.run(spark, _conf(tmp, tiny_model, run_id="one", assign__texts__path=texts))  # (output: tmp/lake)
     return lake
 
 

@@ -87,17 +87,30 @@ def test_truncated_svd_finds_the_top_singular_vectors():
     assert np.sum((sparse @ vt.T) ** 2) / best > 0.995
 
 
+def _maps(keys, counts):
+    import pyarrow as pa
+
+    return pa.array([list(zip(k, c)) for k, c in zip(keys, counts)], type=pa.map_(pa.string(), pa.int64()))
+
+
 def test_projection_ignores_term_order_and_is_unit_or_zero():
+    import pyarrow as pa
+
     rng = np.random.default_rng(1)
-    vocab = pd.Index([f"w{i}" for i in range(30)])
+    vocab = pa.array([f"w{i}" for i in range(30)])
     comp_t = rng.standard_normal((30, 4))
-    keys = [["w1", "w7", "w3"], ["nope"], ["w2"]]
-    counts = [[3, 1, 2], [5], [1]]
-    a = lexical.project(pd.Series(keys, dtype=object), pd.Series(counts, dtype=object), vocab, np.ones(30), comp_t)
-    b = lexical.project(pd.Series([k[::-1] for k in keys], dtype=object),
-                        pd.Series([c[::-1] for c in counts], dtype=object), vocab, np.ones(30), comp_t)
+    keys = [["w1", "w7", "w3"], ["nope"], ["w2"], []]
+    counts = [[3, 1, 2], [5], [1], []]
+    a = lexical.project(_maps(keys, counts), vocab, np.ones(30), comp_t)
+    b = lexical.project(_maps([k[::-1] for k in keys], [c[::-1] for c in counts]), vocab, np.ones(30), comp_t)
     np.testing.assert_array_equal(a, b)
-    np.testing.assert_allclose(np.linalg.norm(a, axis=1), [1.0, 0.0, 1.0])
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), [1.0, 0.0, 1.0, 0.0])
+    # The same as the TF-IDF of the driver's fit (pandas rows) times the components.
+    x = lexical.tfidf(pd.Series(keys, dtype=object), pd.Series(counts, dtype=object),
+                      pd.Index(vocab.to_pylist()), np.ones(30)).dot(comp_t)
+    np.testing.assert_allclose(a[0], x[0] / np.linalg.norm(x[0]), rtol=1e-12)
+    # A slice of a batch (Arrow's map keys ignore the slice; the offsets do not).
+    np.testing.assert_array_equal(lexical.project(_maps(keys, counts).slice(2, 2), vocab, np.ones(30), comp_t), a[2:])
 
 
 def test_lexicon_rows_round_trip():
