@@ -76,8 +76,7 @@ def user_counts(texts: Column) -> Column:
     the pooling's groupBy), counted in one pandas UDF per user.
 
     Why per user, after the groupBy: a count map per text, summed in the JVM (map_zip_with over
-    the list), cost twice the Python tokenising itself (measured at 200k users, 507k texts,
-    warm: 22.7 s against 10.2 s); one exploded row per word and a groupBy on (user, word) would
+    the list), cost twice the Python tokenising itself (bench/lexical_counting.py); one exploded row per word and a groupBy on (user, word) would
     shuffle every word twice and join back (at 1M users it tripled the user_vectors stage)."""
     from pyspark.sql.functions import pandas_udf
 
@@ -220,7 +219,7 @@ def truncated_svd(x: Sparse, dim: int, seed: int, n_iter: int = 7, oversample: i
 # Applying: every user, on the workers
 # --------------------------------------------------------------------------------------------
 
-_WORKER: dict[str, tuple] = {}  # lexicon key -> (vocabulary index, idf, components^T): once per worker
+_WORKER: dict[str, tuple] = {}  # lexicon key -> (vocabulary as an Arrow array, idf, components^T): once per worker
 
 
 def project(maps, vocabulary, idf: np.ndarray, comp_t: np.ndarray) -> np.ndarray:
@@ -236,10 +235,7 @@ def project(maps, vocabulary, idf: np.ndarray, comp_t: np.ndarray) -> np.ndarray
     cols = pc.index_in(maps.keys.slice(start, length), value_set=vocabulary).fill_null(-1)
     vals = maps.items.slice(start, length).to_numpy(zero_copy_only=False).astype(np.float64)
     x = _weighted(np.diff(offsets), cols.to_numpy(zero_copy_only=False).astype(np.int64), vals, idf, len(vocabulary))
-    return _unit_rows(x.dot(comp_t))
-
-
-def _unit_rows(y: np.ndarray) -> np.ndarray:
+    y = x.dot(comp_t)
     norms = np.linalg.norm(y, axis=1, keepdims=True)
     return np.divide(y, norms, out=np.zeros_like(y), where=norms > 0)
 

@@ -75,7 +75,7 @@ def text_state(df: DataFrame, pooling: str = "mean", half_life_days: float = 30.
         data = data.withColumn("_w", F.lit(1.0))
     if "lang" not in data.columns:
         data = data.withColumn("lang", F.lit(None).cast("string"))
-    # Term counts (lexical): summed in this same groupBy. (Recency pooling weighs the vectors;
+    # Term counts (lexical): the texts collected in this same groupBy, counted per user. (Recency pooling weighs the vectors;
     # term counts are plain counts, so old and new ones add up.)
     terms = [F.collect_list(text_col).alias("_texts")] if lexical else []
     pooled = data.groupBy("user_id").agg(
