@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from jobs.session import local_env  # noqa: E402 - needs the repo on sys.path
+from jobs.session import BASE_CONF, local_env  # noqa: E402 - needs the repo on sys.path
 
 local_env()
 
@@ -162,7 +162,9 @@ def spark():
         # One driver serves hundreds of jobs here: keep the UI listeners' history short (their
         # plans and metrics otherwise pile up in the heap over a whole test run).
         .config("spark.sql.ui.retainedExecutions", "50")
-        .config("spark.sql.maxPlanStringLength", "200000")
+        # The jobs' caps on plan text (jobs/session.py: rendering it is most of a tiny query's time).
+        .config("spark.sql.maxPlanStringLength", BASE_CONF["spark.sql.maxPlanStringLength"])
+        .config("spark.sql.ui.explainMode", BASE_CONF["spark.sql.ui.explainMode"])
         .config("spark.ui.retainedJobs", "100")
         .config("spark.ui.retainedStages", "100")
         .config("spark.python.worker.reuse", "true")
