@@ -162,7 +162,7 @@ def spark():
         # One driver serves hundreds of jobs here: keep the UI listeners' history short (their
         # plans and metrics otherwise pile up in the heap over a whole test run).
         .config("spark.sql.ui.retainedExecutions", "50")
-        # The jobs' caps on plan text (jobs/session.py: rendering it is most of a tiny query's time).
+        # The jobs' caps on plan text (jobs/session.py: rendering it cost about a fifth of a tiny full run).
         .config("spark.sql.maxPlanStringLength", BASE_CONF["spark.sql.maxPlanStringLength"])
         .config("spark.sql.ui.explainMode", BASE_CONF["spark.sql.ui.explainMode"])
         .config("spark.ui.retainedJobs", "100")
