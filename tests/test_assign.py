@@ -19,7 +19,7 @@ from jobs.history import read_history, segment_at
 from jobs.segment_users import run as full_run
 from jobs.user_vectors import user_state
 from tests import fault_hooks as faults
-from tests.conftest import local_conf, subprocess_profile
+from tests.conftest import built_once, local_conf, subprocess_profile
 
 pytestmark = pytest.mark.e2e  # whole job runs (tests/conftest.py: tiers)
 
@@ -85,13 +85,18 @@ def _conf(tmp: Path, tiny_model: str, **over) -> dict:
     return local_conf(base, **over)
 
 
+def history_lake(spark, tiny_model: str, tmp_path_factory) -> Path:
+    """The full run on the history (Change Data Feed on user_segments), made once per test run
+    for this module and tests/test_delta_spark.py, whichever worker gets there first. Tests
+    read it, or copy its lake before changing it. (CDF changes no table's rows.)"""
+    return built_once(tmp_path_factory, "history-lake", lambda tmp: full_run(
+        spark, _conf(tmp, tiny_model, run_id="full1", output__change_data_feed=True)))
+
+
 @pytest.fixture(scope="module")
 def full_lake(spark, tiny_model, tmp_path_factory):
-    """A full run on the history; tests copy its lake before changing it."""
-    tmp = tmp_path_factory.mktemp("assign")
-    conf = _conf(tmp, tiny_model, run_id="full1")
-    full_run(spark, conf)
-    return tmp
+    """The full run on the history; tests copy its lake before changing it."""
+    return history_lake(spark, tiny_model, tmp_path_factory)
 
 
 def _copy(full_lake: Path, tmp: Path) -> Path:

@@ -20,8 +20,7 @@ from pyspark.sql import functions as F
 
 from jobs import assign, delta_io, delta_jars, delta_native, maintain
 from jobs.delta_io import DeltaConflict, merge, read_table, write_run
-from jobs.segment_users import run as full_run
-from tests.test_assign import F1_TEXTS, NEW_TEXTS, OTHER_TEXTS, _conf, _csv, _segments, _table
+from tests.test_assign import F1_TEXTS, NEW_TEXTS, OTHER_TEXTS, _conf, _csv, _segments, _table, history_lake
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = "run_id string, user_id long, name string"
@@ -206,10 +205,9 @@ def test_a_merge_that_loses_a_race_commits_nothing(spark, tmp_path, monkeypatch)
 
 @pytest.fixture(scope="module")
 def cdf_lake(spark, tiny_model, tmp_path_factory):
-    """A full run with Change Data Feed on user_segments (tests copy the lake before changing it)."""
-    tmp = tmp_path_factory.mktemp("cdf")
-    full_run(spark, _conf(tmp, tiny_model, run_id="full1", output__change_data_feed=True))
-    return tmp
+    """The full run on the history, with Change Data Feed on user_segments: the one
+    tests/test_assign.py makes (tests copy the lake before changing it)."""
+    return history_lake(spark, tiny_model, tmp_path_factory)
 
 
 def _copy_lake(src: Path, dst: Path) -> Path:
