@@ -1,11 +1,15 @@
 """Privacy: pseudonymous user ids (HMAC) and the minimum published segment size."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import io
 import json
 import logging
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -85,36 +89,72 @@ def test_pseudonyms_are_keyed_hmacs_and_consistent(spark, monkeypatch):
         local_conf({}, input__texts__path="t.csv", privacy__key_source=KEY)
 
 
-def test_pseudonymous_run_stores_no_raw_id_and_never_the_key(spark, tmp_path, tiny_model, monkeypatch, caplog,
-                                                            capsys):
-    monkeypatch.setenv("SEGLAKE_USER_ID_KEY", KEY)
-    conf = _conf(tmp_path, tiny_model, run_id="p1", privacy__pseudonymize_user_ids=True)
-    with caplog.at_level(logging.DEBUG, logger="seglake"):
-        run(spark, conf)
-    lake = tmp_path / "lake"
+def _pseudonym(raw: str) -> str:
+    return privacy.pseudonym(raw, KEY.encode())
+
+
+class _Records(logging.Handler):
+    """Every record's message, from DEBUG up."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture(scope="module")
+def private_run(spark, tiny_model, tmp_path_factory) -> SimpleNamespace:
+    """One pseudonymous run (s1) with a minimum published segment size of 3 in suppress mode,
+    read by the pseudonym checks and the small-segment checks below (which copy its lake to go
+    on). Its log records (every logger's, the seglake logger's from DEBUG up, as caplog would
+    take them) and prints are kept for the key checks."""
+    tmp = tmp_path_factory.mktemp("private")
+    env = pytest.MonkeyPatch()
+    env.setenv("SEGLAKE_USER_ID_KEY", KEY)
+    logger, handler = logging.getLogger("seglake"), _Records()
+    level, out = logger.level, io.StringIO()
+    logging.getLogger().addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        conf = _conf(tmp, tiny_model, run_id="s1", privacy__pseudonymize_user_ids=True,
+                     privacy__min_segment_size=3, privacy__small_segments="suppress")
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            res = run(spark, conf)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        logger.setLevel(level)
+        env.undo()
+    return SimpleNamespace(tmp=tmp, lake=tmp / "lake", conf=conf, res=res, logs="\n".join(handler.lines) + out.getvalue())
+
+
+def test_pseudonymous_run_stores_no_raw_id_and_never_the_key(private_run, tiny_model, monkeypatch, capsys):
+    lake, conf = private_run.lake, private_run.conf
     raw_ids = [f"{g}.person{i}@corp" for g, (_, n) in GROUPS.items() for i in range(n)]
     for table in sorted(p.parent.name for p in lake.glob("*/_delta_log")):
         blob = "\n".join(_string_cells(lake / table))
         assert not [u for u in raw_ids if u in blob], table
         assert ".person" not in blob and KEY not in blob, table
     us = _table(lake / "user_segments")
-    assert sorted(us.user_id) == sorted(privacy.pseudonym(u, KEY.encode()) for u in raw_ids)
+    assert sorted(us.user_id) == sorted(_pseudonym(u) for u in raw_ids)
     assert (us.n_events == 1).all()  # texts and events of a user met under the same pseudonym
-    logs = caplog.text + "".join(capsys.readouterr())
-    assert KEY not in logs and ".person" not in logs
+    assert private_run.logs.count("stage write: done") == 1  # (the run's log lines were kept)
+    assert KEY not in private_run.logs and ".person" not in private_run.logs
     # seglake-explain finds a user by the raw id when given where the key lives.
     from jobs.explain import main as explain_main
 
+    monkeypatch.setenv("SEGLAKE_USER_ID_KEY", KEY)
     assert explain_main(["--output", str(lake), "--user", "tech.person3@corp", "--key-source",
                          "env:SEGLAKE_USER_ID_KEY"]) == 0
-    assert privacy.pseudonym("tech.person3@corp", KEY.encode()) in capsys.readouterr().out
+    assert _pseudonym("tech.person3@corp") in capsys.readouterr().out
     assert explain_main(["--output", str(lake), "--user", "tech.person3@corp"]) == 1  # raw ids are not stored
     # The conf snapshot in the runs table names where the key lives, not the key.
     assert "env:SEGLAKE_USER_ID_KEY" in _table(lake / "runs").conf[0]
     # Without the key the job stops before Spark work, naming the variable.
     monkeypatch.delenv("SEGLAKE_USER_ID_KEY")
-    code = main(["--texts", conf["input"]["texts"]["path"], "--no-events", "--output", str(tmp_path / "x"),
-                 "--model-path", tiny_model, "--conf", str(_write_yaml(tmp_path)), "--k", "2"])
+    code = main(["--texts", conf["input"]["texts"]["path"], "--no-events", "--output", str(private_run.tmp / "x"),
+                 "--model-path", tiny_model, "--conf", str(_write_yaml(private_run.tmp)), "--k", "2"])
     assert code == 2 and "SEGLAKE_USER_ID_KEY" in capsys.readouterr().err
 
 
@@ -124,16 +164,15 @@ def _write_yaml(tmp: Path) -> Path:
     return p
 
 
-def test_small_segments_are_merged_or_suppressed(spark, tmp_path, tiny_model):
+def test_small_segments_are_merged_or_suppressed(spark, private_run, tmp_path, tiny_model, monkeypatch):
     n_users = sum(n for _, n in GROUPS.values())
-    lake = tmp_path / "lake"
-    # suppress: the users keep their segments (the two food users form their own, as without a
-    # minimum: suppressing changes what is published about a segment, not who is in it) ...
-    res = run(spark, _conf(tmp_path, tiny_model, run_id="s1", privacy__min_segment_size=3,
-                           privacy__small_segments="suppress"))
+    # suppress (the shared run s1): the users keep their segments (the two food users form their
+    # own, as without a minimum: suppressing changes what is published about a segment, not who is in it) ...
+    res, lake = private_run.res, tmp_path / "lake"
+    shutil.copytree(private_run.lake, lake)  # (s2 and the assign batch below go on in a copy)
     us = _table(lake / "user_segments").query("run_id == 's1'")
     seg_of = dict(zip(us.user_id, us.segment_id))
-    food = {seg_of[f"food.person{i}@corp"] for i in range(2)}
+    food = {seg_of[_pseudonym(f"food.person{i}@corp")] for i in range(2)}
     assert len(food) == 1 and res.k == 3
     assert sum(seg_of[u] in food for u in seg_of) == 2
 
@@ -146,7 +185,9 @@ def test_small_segments_are_merged_or_suppressed(spark, tmp_path, tiny_model):
     assert all(len(seg.loc[s].top_terms) > 0 for s in seg.index if s not in food)
 
     # merge: the food users join their nearest large segment; only large segments are published.
-    run(spark, _conf(tmp_path, tiny_model, run_id="s2", privacy__min_segment_size=3))
+    monkeypatch.setenv("SEGLAKE_USER_ID_KEY", KEY)
+    private = {"privacy__pseudonymize_user_ids": True, "privacy__min_segment_size": 3}
+    run(spark, _conf(tmp_path, tiny_model, run_id="s2", **private))
     seg = _table(lake / "segments").query("run_id == 's2'")
     us = _table(lake / "user_segments").query("run_id == 's2'")
     assert len(seg) == 2 and (seg["size"] >= 3).all() and seg["size"].sum() == n_users
@@ -159,9 +200,9 @@ def test_small_segments_are_merged_or_suppressed(spark, tmp_path, tiny_model):
     new.parent.mkdir()
     new.write_text("user_id,text,ts,item_id,lang\nfood.new@corp,food pizza noodles taste,2026-02-01,x,en\n")
     a = assign.run(spark, _conf(tmp_path, tiny_model, run_id="a1", assign__texts__path=str(new),
-                                assign__model_run="s2"))
+                                assign__model_run="s2", **private))
     assert a.counts["users_touched"] == a.counts["users_new"] == 1
-    got = _table(lake / "user_segments").query("user_id == 'food.new@corp'")
+    got = _table(lake / "user_segments").query(f"user_id == '{_pseudonym('food.new@corp')}'")
     assert len(got) == 1 and int(got.segment_id.iloc[0]) in params["allowed_segments"]
 
 
