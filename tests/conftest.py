@@ -4,9 +4,8 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import pytest
 
@@ -207,27 +206,17 @@ def make_tiny_bert(path: Path) -> str:
     return str(path)
 
 
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    import fcntl
-
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
     """A folder `build(folder)` fills once per test run, shared by every xdist worker: the first
     worker to ask builds it under a file lock, the others wait and get the same folder. Users
     read it or copy it, never change it. (xdist's workers share their base temp's parent.)"""
+    from udfs.onnx_export import file_lock  # (the lock the ONNX exports take: one process at a time per node)
+
     base = tmp_path_factory.getbasetemp()
     root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "built-once"
     root.mkdir(exist_ok=True)
     target, done = root / name, root / f"{name}.done"
-    with _file_lock(root / f"{name}.lock"):
+    with file_lock(str(root / f"{name}.lock")):
         if not done.exists():
             shutil.rmtree(target, ignore_errors=True)  # what a worker that failed half-way left
             target.mkdir()

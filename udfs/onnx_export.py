@@ -44,7 +44,7 @@ def _sha256(path: str) -> str:
 
 
 @contextlib.contextmanager
-def _locked(path: str) -> Iterator[None]:
+def file_lock(path: str) -> Iterator[None]:
     """An exclusive lock on `path` (a lock file) for processes on this node."""
     import fcntl
 
@@ -113,7 +113,7 @@ def onnx_model(model_path: str, digest: str, precision: str, cache_dir: str | No
     if os.path.exists(target):
         return target
     os.makedirs(folder, exist_ok=True)
-    with _locked(folder + ".lock"):
+    with file_lock(folder + ".lock"):
         if not os.path.exists(target):  # else another worker exported it while this one waited
             fp32 = os.path.join(folder, "model-fp32.onnx")
             if not os.path.exists(fp32):
